@@ -1,0 +1,223 @@
+"""Policy Mirror Descent math of StaQ: pure torch functions, no Ray.
+
+Notation (see ``README.md`` and the paper, arXiv 2506.13862):
+
+* ``kl_coeff`` is 1/eta, ``entropy_coeff`` is tau.
+* PMD step (Eq. 5 of the paper): ``xi_{k+1} = beta * xi_k + alpha * Q_k`` with
+  ``beta = 1 / (1 + eta * tau)`` and ``alpha = eta / (1 + eta * tau)``.
+* Unrolled from ``xi_0 = 0`` and truncated to the last M Q-functions (Eq. 7):
+  ``xi = c * alpha * sum_{i=0}^{M-1} beta^i Q_{k-i}`` with the weight correction
+  ``c = 1 / (1 - beta^M)`` (``c = 1`` for the vanilla truncation).
+
+Shapes: ``S`` = number of stacked members (slots x ensemble), ``B`` = batch,
+``A`` = number of actions, ``H`` = hidden width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------- #
+# Step sizes and per-slot weights.
+# --------------------------------------------------------------------------- #
+def pmd_step_sizes(kl_coeff: float, entropy_coeff: float) -> Tuple[float, float]:
+    """Returns ``(alpha, beta)`` of the PMD closed form (Eq. 5).
+
+    With eta = 1/kl_coeff: beta = 1/(1+eta*tau) = kl/(kl+tau) and
+    alpha = eta/(1+eta*tau) = 1/(kl+tau). Note alpha/(1-beta) = 1/tau.
+    """
+    denominator = kl_coeff + entropy_coeff
+    return 1.0 / denominator, kl_coeff / denominator
+
+
+def weight_correction(beta: float, stack_size: int, enabled: bool = True) -> float:
+    """The finite-memory correction ``1/(1-beta^M)`` (1.0 when disabled)."""
+    if not enabled:
+        return 1.0
+    return 1.0 / (1.0 - beta**stack_size)
+
+
+def closed_form_slot_weights(
+    alpha: float,
+    beta: float,
+    num_members: int,
+    stack_size: int,
+    corrected: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Weights of the stacked Q-functions, newest first, for a constant tau.
+
+    Returns ``[n]`` with ``n = min(num_members, stack_size)``:
+    ``w_i = c * alpha * beta^i``. This is the reference the incremental ring
+    bookkeeping (:func:`decay_slots_for_push`) is tested against.
+    """
+    kept = min(num_members, stack_size)
+    powers = beta ** torch.arange(kept, dtype=dtype)
+    return weight_correction(beta, stack_size, corrected) * alpha * powers
+
+
+def decay_slots_for_push(
+    slot_decay: Tensor, num_pushes: int, beta: float
+) -> Tuple[Tensor, int]:
+    """Ring bookkeeping of one push: old members decay by beta, the new one gets 1.
+
+    ``slot_decay``: ``[M]``, the product of the betas applied to each slot since
+    it was written (0 for empty slots). Multiplying the stored decays by the
+    current beta, as the official code does with the output layers, keeps the
+    recursion ``xi_{k+1} = beta_k xi_k + alpha Q_k`` exact for an annealed tau.
+
+    Returns the new decays and the slot the new member is written to (the
+    oldest member is evicted once the ring is full).
+    """
+    stack_size = slot_decay.shape[0]
+    slot = num_pushes % stack_size
+    new_decay = slot_decay * beta
+    new_decay[slot] = 1.0
+    return new_decay, slot
+
+
+def slots_newest_first(num_pushes: int, stack_size: int) -> list:
+    """Ring slot indices, newest member first (for tests and diagnostics)."""
+    kept = min(num_pushes, stack_size)
+    return [(num_pushes - 1 - i) % stack_size for i in range(kept)]
+
+
+# --------------------------------------------------------------------------- #
+# Stacked forward pass.
+# --------------------------------------------------------------------------- #
+def stacked_forward(
+    obs: Tensor,
+    conv_layers: Sequence[Tuple[Tensor, Tensor, int]],
+    dense_layers: Sequence[Tuple[Tensor, Tensor]],
+    head_weight: Tensor,
+    head_bias: Tensor,
+    member_coeffs: Tensor,
+    activation: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Weighted sum of S Q-networks in one batched pass: ``sum_s c_s Q_s(obs)``.
+
+    Args:
+        obs: ``[B, D]`` (MLP) or ``[B, C, H, W]`` (CNN), shared by all members.
+        conv_layers: ``(weight [S, out, in, k, k], bias [S, out], stride)``.
+        dense_layers: ``(weight [S, out, in], bias [S, out])``.
+        head_weight: ``[S, A, H]``; head_bias: ``[S, A]``.
+        member_coeffs: ``[S]``, the PMD weight of each member.
+        activation: applied after every conv and dense layer (not the head).
+
+    Returns:
+        ``[B, A]``.
+
+    Why it is fast: all members share their input, so the first layer is one
+    matrix product (one convolution) with S times the output units; later
+    layers are batched matrix products (grouped convolutions); the weights
+    ``c_s`` are folded into the output layer so the weighted sum over members
+    is part of one last matrix product.
+    """
+    batch = obs.shape[0]
+    num_members = member_coeffs.shape[0]
+    features = obs
+    for index, (weight, bias, stride) in enumerate(conv_layers):
+        out_channels = weight.shape[1]
+        flat_weight = weight.reshape(num_members * out_channels, *weight.shape[2:])
+        features = F.conv2d(
+            features,
+            flat_weight,
+            bias.reshape(-1),
+            stride=stride,
+            groups=1 if index == 0 else num_members,
+        )
+        features = activation(features)  # [B, S*out, H', W']
+
+    hidden: Optional[Tensor] = None  # [S, B, H]
+    if conv_layers:
+        hidden = features.reshape(batch, num_members, -1).transpose(0, 1)
+    for weight, bias in dense_layers:
+        if hidden is None:
+            # First layer of an MLP: the input is shared -> one [B, D] x [D, S*H].
+            out_units = weight.shape[1]
+            flat = torch.addmm(
+                bias.reshape(-1),
+                features,
+                weight.reshape(num_members * out_units, -1).t(),
+            )
+            hidden = flat.view(batch, num_members, out_units).transpose(0, 1)
+        else:
+            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+        hidden = activation(hidden)
+    if hidden is None:
+        raise ValueError("A Q-network needs at least one hidden layer.")
+
+    # Output layer with the PMD weights folded in: [B, S*H] x [S*H, A].
+    scaled_head = head_weight * member_coeffs[:, None, None]  # [S, A, H]
+    logits = torch.einsum("sbh,sah->ba", hidden, scaled_head)
+    return logits + member_coeffs @ head_bias
+
+
+# --------------------------------------------------------------------------- #
+# Policy quantities.
+# --------------------------------------------------------------------------- #
+def categorical_entropy(logits: Tensor) -> Tensor:
+    """Exact entropy of softmax(logits): ``[..., A] -> [...]``."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """KL(softmax(p) || softmax(q)): ``[..., A] -> [...]``."""
+    log_p = torch.log_softmax(logits_p, dim=-1)
+    log_q = torch.log_softmax(logits_q, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def epsilon_softmax_log_probs(logits: Tensor, epsilon: float) -> Tensor:
+    """log of ``(1-eps) * softmax(logits) + eps/|A|`` (the behaviour policy)."""
+    num_actions = logits.shape[-1]
+    probs = torch.softmax(logits, dim=-1)
+    return torch.log((1.0 - epsilon) * probs + epsilon / num_actions)
+
+
+def scaled_entropy_coeff(entropy_coeff: float, num_actions: int, scale: bool) -> float:
+    """tau / ln|A| as in the official code (no-op when ``scale`` is False)."""
+    if scale and num_actions > 1:
+        return entropy_coeff / math.log(num_actions)
+    return entropy_coeff
+
+
+def soft_sarsa_target(
+    rewards: Tensor,
+    terminateds: Tensor,
+    next_target_q: Tensor,
+    next_policy_logits: Tensor,
+    entropy_coeff: float,
+    gamma: float,
+    reward_scale: float,
+    next_actions: Optional[Tensor] = None,
+) -> Tensor:
+    """The FQI regression target of one iteration (Eq. 8 of the paper).
+
+    ``y = reward_scale*r + gamma*(1-terminated)*(Qbar(s',a') + tau*H(pi_k(.|s')))``
+
+    Args:
+        rewards, terminateds: ``[B]``.
+        next_target_q: ``[B, A]``, the target network at s' (ensemble-reduced).
+        next_policy_logits: ``[B, A]``, xi_k at s' (fixed during the iteration).
+        next_actions: ``[B]`` sampled a' ~ pi_k(.|s'); ``None`` takes the exact
+            expectation over pi_k instead (lower variance).
+
+    Returns:
+        ``[B]``. Truncated transitions bootstrap (only ``terminateds`` cut).
+    """
+    if next_actions is None:
+        probs = torch.softmax(next_policy_logits, dim=-1)
+        next_q = (probs * next_target_q).sum(-1)
+    else:
+        next_q = next_target_q.gather(-1, next_actions.long().unsqueeze(-1)).squeeze(-1)
+    soft_value = next_q + entropy_coeff * categorical_entropy(next_policy_logits)
+    return reward_scale * rewards + gamma * (1.0 - terminateds.float()) * soft_value

@@ -1,0 +1,303 @@
+"""The StaQ RL module: trainable Q-ensemble, target networks and the frozen stack.
+
+Everything the policy needs (the stacked weights of the last M Q-networks, the
+per-slot decays, the logit scale and the push counter) lives in persistent
+buffers, so RLlib's weight sync carries it to the EnvRunners and checkpoints
+store it. EnvRunners build the module with ``inference_only=True`` and hold only
+the stack.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Tuple
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from ray.rllib.models.torch.torch_distributions import TorchCategorical
+from ray.rllib.models.utils import get_activation_fn
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.schedules.scheduler import Scheduler
+
+from rllib_staq import pmd
+
+QF_PREDS = "qf_preds"  # [E, B, A] trainable ensemble
+QF_TARGET_NEXT_PREDS = "qf_target_next_preds"  # [E, B, A] target ensemble
+STACK_LOGITS = "staq_stack_logits"  # [B, A] xi_k, extra model output
+
+_MLP_DEFAULTS = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
+# MinAtar network of the paper: conv 16x3x3 stride 1 -> dense 128 -> head.
+_CNN_DEFAULTS = {"conv_filters": [[16, 3, 1]], "head_fcnet_hiddens": [128]}
+
+
+class QNetwork(nn.Module):
+    """One Q-network: optional valid-padding convs, dense layers, linear head.
+
+    The head starts at zero so that the first policy (and every fresh member)
+    contributes nothing until trained: pi_0 is uniform.
+    """
+
+    def __init__(
+        self,
+        obs_shape: Tuple[int, ...],
+        num_actions: int,
+        conv_filters: List[List[int]],
+        hiddens: List[int],
+        activation: str,
+    ):
+        super().__init__()
+        self.image_input = len(obs_shape) == 3
+        self.strides = [stride for _, _, stride in conv_filters]
+        self.activation = get_activation_fn(activation, framework="torch")()
+        self.convs = nn.ModuleList()
+        in_features = obs_shape[0] if len(obs_shape) == 1 else None
+        if self.image_input:
+            height, width, channels = obs_shape  # RLlib images are channels-last.
+            for out_channels, kernel, stride in conv_filters:
+                self.convs.append(nn.Conv2d(channels, out_channels, kernel, stride))
+                channels = out_channels
+                height = (height - kernel) // stride + 1
+                width = (width - kernel) // stride + 1
+            in_features = channels * height * width
+        self.denses = nn.ModuleList()
+        for units in hiddens:
+            self.denses.append(nn.Linear(in_features, units))
+            in_features = units
+        self.head = nn.Linear(in_features, num_actions)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = to_network_input(obs, self.image_input)
+        for conv in self.convs:
+            features = self.activation(conv(features))
+        features = features.flatten(1)
+        for dense in self.denses:
+            features = self.activation(dense(features))
+        return self.head(features)
+
+
+def to_network_input(obs: torch.Tensor, image_input: bool) -> torch.Tensor:
+    """Float input; images go from RLlib's [B, H, W, C] to torch's [B, C, H, W]."""
+    obs = obs.float()
+    return obs.permute(0, 3, 1, 2) if image_input else obs
+
+
+class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI):
+    """Q-ensemble (trainable + target) and the frozen stack of the last M members.
+
+    ``model_config`` keys (RLlib's ``DefaultModelConfig`` names): ``fcnet_hiddens``,
+    ``fcnet_activation``, ``conv_filters`` (``[[out, kernel, stride], ...]``),
+    ``head_fcnet_hiddens`` (dense layers after the convs); StaQ keys come from
+    ``StaQConfig._model_config_auto_includes``.
+    """
+
+    @override(RLModule)
+    def setup(self):
+        if not isinstance(self.action_space, gym.spaces.Discrete):
+            raise ValueError(
+                f"StaQ supports only Discrete action spaces, got {self.action_space}."
+            )
+        config = self.model_config
+        self.num_actions = int(self.action_space.n)
+        self.stack_size = int(config.get("stack_size", 300))
+        self.num_q_networks = int(config.get("num_q_networks", 2))
+        self._epsilon_schedule = Scheduler(config.get("epsilon", 0.05))
+        self._network_kwargs = self._network_kwargs_from_config(config)
+        template = QNetwork(**self._network_kwargs)
+        self.image_input = template.image_input
+        self.conv_strides = template.strides
+        self.activation = template.activation
+        self.param_names = [name for name, _ in template.named_parameters()]
+
+        # The frozen stack, slot-major: member e of slot j is row j*E + e, so the
+        # first `fill` slots are one contiguous slice.
+        rows = self.stack_size * self.num_q_networks
+        for name, param in template.named_parameters():
+            self.register_buffer(
+                _stack_buffer_name(name), torch.zeros(rows, *param.shape)
+            )
+        self.register_buffer("slot_decay", torch.zeros(self.stack_size))
+        self.register_buffer("logit_scale", torch.zeros(()))
+        self.register_buffer("num_pushes", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_grad_steps", torch.zeros((), dtype=torch.long))
+
+        if not self.inference_only:
+            self.q_nets = nn.ModuleList(
+                [template]
+                + [
+                    QNetwork(**self._network_kwargs)
+                    for _ in range(self.num_q_networks - 1)
+                ]
+            )
+
+    def _network_kwargs_from_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
+        obs_shape = tuple(self.observation_space.shape)
+        if len(obs_shape) not in (1, 3):
+            raise ValueError(
+                "StaQ's default module needs a flat (1D) or image (H, W, C) Box "
+                f"observation space, got shape {obs_shape}."
+            )
+        image = len(obs_shape) == 3
+        if image:
+            conv_filters = config.get("conv_filters") or _CNN_DEFAULTS["conv_filters"]
+            hiddens = config.get("head_fcnet_hiddens") or _CNN_DEFAULTS["head_fcnet_hiddens"]
+            activation = config.get("conv_activation", "relu")
+        else:
+            conv_filters = []
+            hiddens = config.get("fcnet_hiddens") or _MLP_DEFAULTS["fcnet_hiddens"]
+            activation = config.get("fcnet_activation", _MLP_DEFAULTS["fcnet_activation"])
+        return dict(
+            obs_shape=obs_shape,
+            num_actions=int(self.action_space.n),
+            conv_filters=[list(f) for f in conv_filters],
+            hiddens=list(hiddens),
+            activation=activation,
+        )
+
+    # ------------------------------------------------------------------ #
+    # The stack.
+    # ------------------------------------------------------------------ #
+    @property
+    def stack_fill(self) -> int:
+        return min(int(self.num_pushes), self.stack_size)
+
+    def stack_buffer(self, param_name: str) -> torch.Tensor:
+        return getattr(self, _stack_buffer_name(param_name))
+
+    def _stacked_layers(self, rows: slice):
+        """The stack's layers restricted to ``rows`` (in pmd.stacked_forward form)."""
+        convs = [
+            (
+                self.stack_buffer(f"convs.{i}.weight")[rows],
+                self.stack_buffer(f"convs.{i}.bias")[rows],
+                stride,
+            )
+            for i, stride in enumerate(self.conv_strides)
+        ]
+        num_dense = sum(name.startswith("denses.") for name in self.param_names) // 2
+        denses = [
+            (
+                self.stack_buffer(f"denses.{i}.weight")[rows],
+                self.stack_buffer(f"denses.{i}.bias")[rows],
+            )
+            for i in range(num_dense)
+        ]
+        head = (self.stack_buffer("head.weight")[rows], self.stack_buffer("head.bias")[rows])
+        return convs, denses, head
+
+    def stack_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """xi_k(obs): the weighted sum of all stacked members, ``[B, A]``."""
+        fill = self.stack_fill
+        if fill == 0:
+            return torch.zeros(obs.shape[0], self.num_actions, device=obs.device)
+        rows = slice(0, fill * self.num_q_networks)
+        # [fill*E]: slot weight times alpha*c/E, each slot repeated for its E members.
+        member_coeffs = (self.slot_decay[:fill] * self.logit_scale).repeat_interleave(
+            self.num_q_networks
+        )
+        convs, denses, (head_w, head_b) = self._stacked_layers(rows)
+        return pmd.stacked_forward(
+            to_network_input(obs, self.image_input),
+            convs,
+            denses,
+            head_w,
+            head_b,
+            member_coeffs,
+            self.activation,
+        )
+
+    @torch.no_grad()
+    def push_onto_stack(self, alpha: float, beta: float, correction: float) -> int:
+        """Pushes frozen copies of the trainable ensemble; returns the slot used.
+
+        Old members decay by ``beta`` (``decay_slots_for_push``); the oldest is
+        overwritten once M members are stored; the logit scale becomes
+        ``alpha * correction / E`` (ensemble mean of the members' logits).
+        """
+        new_decay, slot = pmd.decay_slots_for_push(
+            self.slot_decay, int(self.num_pushes), beta
+        )
+        self.slot_decay.copy_(new_decay)
+        for member, net in enumerate(self.q_nets):
+            row = slot * self.num_q_networks + member
+            for name, param in net.named_parameters():
+                self.stack_buffer(name)[row].copy_(param)
+        self.logit_scale.fill_(alpha * correction / self.num_q_networks)
+        self.num_pushes += 1
+        return slot
+
+    # ------------------------------------------------------------------ #
+    # RLModule forward passes.
+    # ------------------------------------------------------------------ #
+    @override(RLModule)
+    def _forward_inference(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+        with torch.no_grad():
+            logits = self.stack_logits(batch[Columns.OBS])
+        # Greedy evaluation: argmax of the PMD logits.
+        return {Columns.ACTIONS: logits.argmax(-1), Columns.ACTION_DIST_INPUTS: logits}
+
+    @override(RLModule)
+    def _forward_exploration(
+        self, batch: Dict[str, Any], t: Optional[int] = None, **kwargs
+    ) -> Dict[str, Any]:
+        with torch.no_grad():
+            logits = self.stack_logits(batch[Columns.OBS])
+            epsilon = self.current_epsilon(t)
+            # Epsilon-softmax as log-probabilities: RLlib's Categorical samples it.
+            log_probs = pmd.epsilon_softmax_log_probs(logits, epsilon)
+        return {Columns.ACTION_DIST_INPUTS: log_probs}
+
+    def current_epsilon(self, t: Optional[int]) -> float:
+        if t is None or not self._epsilon_schedule.use_schedule:
+            return float(self._epsilon_schedule.get_current_value())
+        return float(self._epsilon_schedule.update(t))
+
+    @override(RLModule)
+    def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+        obs = batch[Columns.OBS]
+        return {QF_PREDS: torch.stack([net(obs) for net in self.q_nets])}
+
+    # ------------------------------------------------------------------ #
+    # TargetNetworkAPI / InferenceOnlyAPI.
+    # ------------------------------------------------------------------ #
+    @override(TargetNetworkAPI)
+    def make_target_networks(self) -> None:
+        self.target_q_nets = copy.deepcopy(self.q_nets)
+        for param in self.target_q_nets.parameters():
+            param.requires_grad_(False)
+
+    @override(TargetNetworkAPI)
+    def get_target_network_pairs(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.q_nets, self.target_q_nets)]
+
+    @override(TargetNetworkAPI)
+    def forward_target(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+        obs = batch[Columns.OBS]
+        return {QF_TARGET_NEXT_PREDS: torch.stack([net(obs) for net in self.target_q_nets])}
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> List[str]:
+        return ["q_nets", "target_q_nets"]
+
+    @override(RLModule)
+    def get_exploration_action_dist_cls(self):
+        return TorchCategorical
+
+    @override(RLModule)
+    def get_inference_action_dist_cls(self):
+        return TorchCategorical
+
+    @override(RLModule)
+    def get_train_action_dist_cls(self):
+        return TorchCategorical
+
+
+def _stack_buffer_name(param_name: str) -> str:
+    return "stack_" + param_name.replace(".", "_")

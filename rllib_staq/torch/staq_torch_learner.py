@@ -1,0 +1,284 @@
+"""StaQ's torch learner: one ``update()`` call runs a whole StaQ iteration.
+
+``Learner.update(episodes=new_episodes)`` (one call per iteration, no
+minibatching by RLlib) reaches :meth:`StaQTorchLearner._update` once with all new
+transitions. There the learner appends them to its transition table, computes
+pi_k's logits at every stored next-state once, and runs the FQI phase of
+``grad_steps_per_iteration`` minibatch steps. ``after_gradient_based_update``
+then pushes a frozen copy of the trainable ensemble onto the stack.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+
+from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
+    AddObservationsFromEpisodesToBatch,
+)
+from ray.rllib.connectors.learner.add_next_observations_from_episodes_to_train_batch import (  # noqa: E501
+    AddNextObservationsFromEpisodesToTrainBatch,
+)
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.learner.utils import update_target_network
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.schedules.scheduler import Scheduler
+from ray.rllib.utils.typing import ModuleID
+
+from rllib_staq import pmd
+from rllib_staq.replay import TransitionTable
+from rllib_staq.staq_learner import (
+    ALPHA_KEY,
+    BETA_KEY,
+    ENTROPY_COEFF_KEY,
+    EPSILON_KEY,
+    FQI_TIMER,
+    KL_NEW_OLD_KEY,
+    MEAN_Q_KEY,
+    NEXT_LOGITS,
+    NEXT_LOGITS_TIMER,
+    NUM_GRAD_STEPS_KEY,
+    NUM_PUSHES_KEY,
+    POLICY_ENTROPY_KEY,
+    PUSH_TIMER,
+    REPLAY_SIZE_KEY,
+    STACK_FILL_KEY,
+    TD_LOSS_KEY,
+)
+from rllib_staq.torch.default_staq_torch_rl_module import (
+    QF_PREDS,
+    QF_TARGET_NEXT_PREDS,
+)
+
+# Rows per chunk when evaluating the stack over the whole table (bounds memory).
+LOGITS_CHUNK = 4096
+# Replay states on which KL(pi_k || pi_{k+1}) and the entropy are measured.
+DIAGNOSTIC_SAMPLE = 1024
+REPLAY_STATE_KEY = "staq_transition_tables"
+FQI_TARGETS = "fqi_targets"
+
+
+class StaQTorchLearner(TorchLearner):
+    @override(TorchLearner)
+    def build(self) -> None:
+        super().build()
+        self.module.foreach_module(lambda mid, mod: mod.make_target_networks())
+        self._learner_connector.insert_after(
+            AddObservationsFromEpisodesToBatch,
+            AddNextObservationsFromEpisodesToTrainBatch(),
+        )
+        self._tables: Dict[ModuleID, TransitionTable] = {}
+        self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
+        self._current_entropy_coeff: Dict[ModuleID, float] = {}
+        seed = self.config.seed if self.config.seed is not None else 0
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
+
+    # ------------------------------------------------------------------ #
+    # Per-module helpers.
+    # ------------------------------------------------------------------ #
+    def _module_config(self, module_id: ModuleID):
+        return self.config.get_config_for_module(module_id)
+
+    def _unwrapped(self, module_id: ModuleID):
+        return self.module[module_id].unwrapped()
+
+    def _table(self, module_id: ModuleID) -> TransitionTable:
+        if module_id not in self._tables:
+            capacity = self._module_config(module_id).replay_capacity_per_learner
+            self._tables[module_id] = TransitionTable(capacity, device=self.device)
+        return self._tables[module_id]
+
+    def entropy_coeff(self, module_id: ModuleID) -> float:
+        """tau of the current iteration (scaled by 1/ln|A| if configured)."""
+        return self._current_entropy_coeff[module_id]
+
+    @override(TorchLearner)
+    def before_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0
+        for module_id in self.module.keys():
+            config = self._module_config(module_id)
+            if module_id not in self._entropy_schedules:
+                self._entropy_schedules[module_id] = Scheduler(config.entropy_coeff)
+            schedule = self._entropy_schedules[module_id]
+            raw = schedule.update(env_steps) if schedule.use_schedule else config.entropy_coeff
+            self._current_entropy_coeff[module_id] = pmd.scaled_entropy_coeff(
+                float(raw),
+                self._unwrapped(module_id).num_actions,
+                config.scale_entropy_by_log_actions,
+            )
+            self._current_env_steps = env_steps
+
+    # ------------------------------------------------------------------ #
+    # One StaQ iteration (called once per `update()`).
+    # ------------------------------------------------------------------ #
+    @override(TorchLearner)
+    def _update(self, batch: Dict[str, Any], **kwargs) -> Tuple[Any, Any, Any]:
+        loss_per_module = {}
+        for module_id, module_batch in batch.items():
+            table = self._table(module_id)
+            table.add(
+                _transition_columns(module_batch, self._unwrapped(module_id).num_actions)
+            )
+            with self.metrics.log_time((module_id, NEXT_LOGITS_TIMER)):
+                self._refresh_next_state_logits(module_id, table)
+            with self.metrics.log_time((module_id, FQI_TIMER)):
+                loss_per_module[module_id] = self._run_fqi_phase(module_id, table)
+        return {}, loss_per_module, {}
+
+    @torch.no_grad()
+    def _refresh_next_state_logits(self, module_id: ModuleID, table: TransitionTable):
+        """pi_k's logits at every stored next-state: once per iteration, not per step."""
+        module = self._unwrapped(module_id)
+        next_obs = table.filled(Columns.NEXT_OBS)
+        logits = table.filled(NEXT_LOGITS)
+        for start in range(0, table.size, LOGITS_CHUNK):
+            stop = min(start + LOGITS_CHUNK, table.size)
+            logits[start:stop] = module.stack_logits(next_obs[start:stop])
+
+    def _run_fqi_phase(self, module_id: ModuleID, table: TransitionTable) -> torch.Tensor:
+        """``grad_steps_per_iteration`` Adam steps of fitted-Q evaluation."""
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        tau = self.entropy_coeff(module_id)
+        td_losses = torch.zeros(config.grad_steps_per_iteration, device=self.device)
+        mean_qs = torch.zeros_like(td_losses)
+        for step in range(config.grad_steps_per_iteration):
+            indices = table.sample_indices(
+                config.train_batch_size_per_learner, self._generator
+            )
+            minibatch = table.gather(indices)
+            minibatch[FQI_TARGETS] = self._fqi_target(module_id, module, minibatch, tau)
+            # Through the (possibly DDP-wrapped) module so gradients sync across learners.
+            fwd_out = self.module[module_id].forward_train(minibatch)
+            loss = self.compute_loss_for_module(
+                module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
+            )
+            gradients = self.compute_gradients({module_id: loss})
+            self.apply_gradients(self.postprocess_gradients(gradients))
+            td_losses[step] = loss.detach() / module.num_q_networks
+            mean_qs[step] = fwd_out[QF_PREDS].detach().mean()
+            module.num_grad_steps += 1
+            if int(module.num_grad_steps) % config.target_network_update_freq == 0:
+                for main_net, target_net in module.get_target_network_pairs():
+                    update_target_network(
+                        main_net=main_net, target_net=target_net, tau=config.tau
+                    )
+        self.metrics.log_value((module_id, TD_LOSS_KEY), td_losses.mean().item(), window=1)
+        self.metrics.log_value((module_id, MEAN_Q_KEY), mean_qs.mean().item(), window=1)
+        return td_losses.mean()
+
+    @override(TorchLearner)
+    def compute_loss_for_module(
+        self, *, module_id: ModuleID, config, batch: Dict[str, Any], fwd_out: Dict[str, Any]
+    ) -> torch.Tensor:
+        """Sum over ensemble members of the MSE to the shared soft-SARSA target."""
+        q_values = fwd_out[QF_PREDS]  # [E, B, A]
+        index = batch[Columns.ACTIONS].long().view(1, -1, 1).expand(q_values.shape[0], -1, 1)
+        q_taken = q_values.gather(-1, index).squeeze(-1)  # [E, B]
+        return ((q_taken - batch[FQI_TARGETS]) ** 2).mean(-1).sum()
+
+    @torch.no_grad()
+    def _fqi_target(self, module_id, module, minibatch, tau: float) -> torch.Tensor:
+        config = self._module_config(module_id)
+        target_q = module.forward_target({Columns.OBS: minibatch[Columns.NEXT_OBS]})[
+            QF_TARGET_NEXT_PREDS
+        ]  # [E, B, A]
+        if config.ensemble_target == "min":
+            target_q = target_q.min(0).values
+        else:
+            target_q = target_q.mean(0)
+        next_logits = minibatch[NEXT_LOGITS]
+        next_actions = None
+        if not config.expected_next_value:
+            next_actions = torch.multinomial(
+                torch.softmax(next_logits, -1), 1, generator=self._generator
+            ).squeeze(-1)
+        return pmd.soft_sarsa_target(
+            minibatch[Columns.REWARDS],
+            minibatch[Columns.TERMINATEDS],
+            target_q,
+            next_logits,
+            entropy_coeff=tau,
+            gamma=config.gamma,
+            reward_scale=config.reward_scale,
+            next_actions=next_actions,
+        )
+
+    # ------------------------------------------------------------------ #
+    # The policy update: push (no optimisation).
+    # ------------------------------------------------------------------ #
+    @override(TorchLearner)
+    def after_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        for module_id in self.module.keys():
+            if module_id not in self._tables:
+                continue
+            with self.metrics.log_time((module_id, PUSH_TIMER)):
+                self._push_and_log(module_id)
+
+    @torch.no_grad()
+    def _push_and_log(self, module_id: ModuleID) -> None:
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        table = self._tables[module_id]
+        tau = self.entropy_coeff(module_id)
+        alpha, beta = pmd.pmd_step_sizes(config.kl_coeff, tau)
+        correction = pmd.weight_correction(beta, config.stack_size, config.weight_correction)
+
+        probe_obs = table.filled(Columns.OBS)[
+            table.sample_indices(min(DIAGNOSTIC_SAMPLE, table.size), self._generator)
+        ]
+        logits_before = module.stack_logits(probe_obs)
+        module.push_onto_stack(alpha, beta, correction)
+        logits_after = module.stack_logits(probe_obs)
+
+        log = self.metrics.log_value
+        log((module_id, KL_NEW_OLD_KEY), pmd.categorical_kl(logits_before, logits_after).mean().item(), window=1)
+        log((module_id, POLICY_ENTROPY_KEY), pmd.categorical_entropy(logits_after).mean().item(), window=1)
+        log((module_id, STACK_FILL_KEY), module.stack_fill, window=1)
+        log((module_id, NUM_PUSHES_KEY), int(module.num_pushes), window=1)
+        log((module_id, NUM_GRAD_STEPS_KEY), int(module.num_grad_steps), window=1)
+        log((module_id, ALPHA_KEY), alpha, window=1)
+        log((module_id, BETA_KEY), beta, window=1)
+        log((module_id, ENTROPY_COEFF_KEY), tau, window=1)
+        log((module_id, EPSILON_KEY), module.current_epsilon(self._current_env_steps), window=1)
+        log((module_id, REPLAY_SIZE_KEY), table.size, window=1)
+
+    # ------------------------------------------------------------------ #
+    # Checkpointing of the transition tables.
+    # ------------------------------------------------------------------ #
+    @override(TorchLearner)
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        if self.config.store_buffer_in_checkpoints:
+            state[REPLAY_STATE_KEY] = {
+                mid: table.get_state() for mid, table in self._tables.items()
+            }
+        return state
+
+    @override(TorchLearner)
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for module_id, table_state in state.get(REPLAY_STATE_KEY, {}).items():
+            self._table(module_id).set_state(table_state)
+
+
+def _transition_columns(
+    module_batch: Dict[str, torch.Tensor], num_actions: int
+) -> Dict[str, torch.Tensor]:
+    """The columns FQI needs, from a learner-connector batch of new transitions."""
+    rewards = module_batch[Columns.REWARDS].float()
+    return {
+        Columns.OBS: module_batch[Columns.OBS],
+        Columns.ACTIONS: module_batch[Columns.ACTIONS].long(),
+        Columns.REWARDS: rewards,
+        Columns.TERMINATEDS: module_batch[Columns.TERMINATEDS].float(),
+        Columns.NEXT_OBS: module_batch[Columns.NEXT_OBS],
+        # Placeholder rows; filled by the once-per-iteration logits pass.
+        NEXT_LOGITS: torch.zeros(rewards.shape[0], num_actions, device=rewards.device),
+    }
