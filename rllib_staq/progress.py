@@ -1,0 +1,65 @@
+"""Train with a compact progress display and a final greedy evaluation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    EPISODE_RETURN_MEAN,
+    EVALUATION_RESULTS,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+)
+
+
+def _get(result: Dict[str, Any], *keys, default=float("nan")):
+    for key in keys:
+        if not isinstance(result, dict) or key not in result:
+            return default
+        result = result[key]
+    return result
+
+
+def train_with_progress(
+    algo: Algorithm,
+    stop_timesteps: int,
+    stop_reward: Optional[float] = None,
+    print_fn=print,
+) -> Dict[str, Any]:
+    """Trains until ``stop_timesteps`` env steps (or ``stop_reward`` in evaluation).
+
+    Prints one line per iteration: env steps, training return (epsilon-softmax),
+    the latest greedy evaluation return, TD loss, policy entropy, stack fill.
+    """
+    start = time.time()
+    result: Dict[str, Any] = {}
+    env_steps = 0
+    while env_steps < stop_timesteps:
+        result = algo.train()
+        env_steps = _get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)
+        learner = _get(result, "learners", "default_policy", default={})
+        eval_return = _get(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+        print_fn(
+            f"[{100 * min(env_steps / stop_timesteps, 1):5.1f}%] iter {result['training_iteration']:4d} "
+            f"| steps {int(env_steps):8d} "
+            f"| return {_get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN):8.2f} "
+            f"| eval {eval_return:8.2f} "
+            f"| td {_get(learner, 'td_loss'):9.3f} "
+            f"| H(pi) {_get(learner, 'policy_entropy'):5.3f} "
+            f"| stack {int(_get(learner, 'stack_fill', default=0)):4d} "
+            f"| {time.time() - start:7.1f}s"
+        )
+        if stop_reward is not None and eval_return >= stop_reward:
+            break
+    return result
+
+
+def evaluate_greedy(algo: Algorithm, print_fn=print) -> float:
+    """Runs RLlib's evaluation (greedy argmax policy) once; returns the mean return."""
+    results = algo.evaluate()
+    mean_return = _get(results, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+    episodes = _get(results, ENV_RUNNER_RESULTS, "num_episodes", default="?")
+    print_fn(f"Final greedy evaluation: mean return {mean_return:.2f} over {episodes} episodes")
+    return mean_return

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def tiny_config(**training):
+    """A fast CartPole config for functional tests (not for learning)."""
+    from rllib_staq import StaQConfig
+
+    settings = dict(
+        stack_size=3,
+        env_steps_per_iteration=100,
+        grad_steps_per_iteration=10,
+        train_batch_size_per_learner=32,
+        replay_buffer_config={"capacity": 1000},
+    )
+    settings.update(training)
+    return (
+        StaQConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=0)
+        .rl_module(model_config={"fcnet_hiddens": [16, 16]})
+        .training(**settings)
+        .debugging(seed=0)
+    )
