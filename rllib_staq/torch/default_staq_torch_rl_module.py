@@ -13,6 +13,7 @@ import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
@@ -263,6 +264,21 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
         obs = batch[Columns.OBS]
         return {QF_PREDS: torch.stack([net(obs) for net in self.q_nets])}
+
+    @override(TorchRLModule)
+    def set_state(self, state: Dict[str, Any]) -> None:
+        """Refuses a state whose stack or networks have other shapes, naming why."""
+        own = self.state_dict()
+        for key, value in state.items():
+            if key in own and tuple(own[key].shape) != tuple(np.shape(value)):
+                raise ValueError(
+                    f"Mismatched StaQ checkpoint: `{key}` has shape {tuple(np.shape(value))}, "
+                    f"this module expects {tuple(own[key].shape)} (stack_size="
+                    f"{self.stack_size}, num_q_networks={self.num_q_networks}, model "
+                    f"{self._network_kwargs}). Build the algorithm with the checkpoint's "
+                    "settings."
+                )
+        super().set_state(state)
 
     # ------------------------------------------------------------------ #
     # TargetNetworkAPI / InferenceOnlyAPI.

@@ -1,0 +1,111 @@
+"""The learner: loss vs a hand-computed soft target, one update = one iteration."""
+
+import math
+
+import pytest
+import torch
+
+from ray.rllib.core.columns import Columns
+
+from conftest import tiny_config
+from rllib_staq import pmd
+from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_LOGITS
+
+MODULE_ID = "default_policy"
+
+
+@pytest.fixture(scope="module")
+def algo(ray_session):
+    algo = tiny_config(
+        expected_next_value=True, target_network_update_freq=5, reward_scale=10.0
+    ).build_algo()
+    yield algo
+    algo.stop()
+
+
+def _learner(algo):
+    return algo.learner_group._learner
+
+
+def test_loss_equals_hand_computed_soft_target(algo):
+    learner = _learner(algo)
+    module = learner.module[MODULE_ID].unwrapped()
+    with torch.no_grad():
+        for param in module.target_q_nets.parameters():
+            param.normal_()
+        for param in module.q_nets.parameters():
+            param.normal_()
+    batch = {
+        Columns.OBS: torch.randn(3, 4),
+        Columns.ACTIONS: torch.tensor([0, 1, 1]),
+        Columns.REWARDS: torch.tensor([1.0, 0.0, 2.0]),
+        Columns.TERMINATEDS: torch.tensor([0.0, 0.0, 1.0]),
+        Columns.NEXT_OBS: torch.randn(3, 4),
+        NEXT_LOGITS: torch.tensor([[0.0, 0.0], [1.0, -1.0], [3.0, 0.0]]),
+    }
+    tau = 0.7
+    target = learner._fqi_target(MODULE_ID, module, batch, tau)
+
+    # By hand: mean over the target ensemble, exact expectation, entropy bonus.
+    with torch.no_grad():
+        q_next = torch.stack([net(batch[Columns.NEXT_OBS]) for net in module.target_q_nets]).mean(0)
+    expected = []
+    for i in range(3):
+        probs = torch.softmax(batch[NEXT_LOGITS][i], -1)
+        entropy = -sum(p * math.log(p) for p in probs.tolist())
+        value = float((probs * q_next[i]).sum()) + tau * entropy
+        done = batch[Columns.TERMINATEDS][i].item()
+        expected.append(10.0 * batch[Columns.REWARDS][i].item() + 0.99 * (1 - done) * value)
+    torch.testing.assert_close(target, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+
+    batch[FQI_TARGETS] = target
+    fwd_out = learner.module[MODULE_ID].forward_train(batch)
+    loss = learner.compute_loss_for_module(
+        module_id=MODULE_ID, config=algo.config, batch=batch, fwd_out=fwd_out
+    )
+    with torch.no_grad():
+        by_hand = sum(
+            ((net(batch[Columns.OBS])[torch.arange(3), batch[Columns.ACTIONS]] - target) ** 2).mean()
+            for net in module.q_nets
+        )
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_one_update_is_one_staq_iteration(algo):
+    module = _learner(algo).module[MODULE_ID].unwrapped()
+    pushes, grad_steps = int(module.num_pushes), int(module.num_grad_steps)
+    result = algo.train()
+    config = algo.config
+    assert int(module.num_pushes) == pushes + 1
+    assert int(module.num_grad_steps) == grad_steps + config.grad_steps_per_iteration
+    learner_metrics = result["learners"][MODULE_ID]
+    assert learner_metrics["stack_fill"] == min(pushes + 1, config.stack_size)
+    assert result["env_runners"]["num_env_steps_sampled"] == config.env_steps_per_iteration
+    # grad steps per iteration (10) is a multiple of the target period (5): the
+    # last step copied the trainable nets into the targets.
+    for net, target in zip(module.q_nets, module.target_q_nets):
+        for p, q in zip(net.parameters(), target.parameters()):
+            assert torch.equal(p, q)
+    # The newest stack member is a frozen copy of the trainable ensemble.
+    slot = (int(module.num_pushes) - 1) % config.stack_size
+    row = slot * module.num_q_networks
+    assert torch.equal(module.stack_buffer("head.weight")[row], module.q_nets[0].head.weight)
+    for key in ("td_loss", "mean_q", "policy_entropy", "kl_pi_k_pi_k_plus_1", "pmd_alpha",
+                "pmd_beta", "entropy_coeff", "epsilon", "fqi_phase_timer",
+                "next_state_logits_timer", "push_timer"):
+        assert math.isfinite(learner_metrics[key]), key
+    assert learner_metrics["entropy_coeff"] == pytest.approx(
+        pmd.scaled_entropy_coeff(2.0 - 1.6 * 100 * algo.training_iteration / 500_000, 2, True), rel=0.05
+    )
+
+
+def test_next_state_logits_are_the_stack_at_next_obs(algo):
+    learner = _learner(algo)
+    module = learner.module[MODULE_ID].unwrapped()
+    table = learner._tables[MODULE_ID]
+    # The table's logits were computed before the last push: recompute them now
+    # with the current stack and compare with a fresh refresh.
+    learner._refresh_next_state_logits(MODULE_ID, table)
+    with torch.no_grad():
+        expected = module.stack_logits(table.filled(Columns.NEXT_OBS))
+    torch.testing.assert_close(table.filled(NEXT_LOGITS), expected)
