@@ -84,6 +84,7 @@ class StaQConfig(AlgorithmConfig):
         self.expected_next_value = False
         self.replay_buffer_config = {"type": "EpisodeReplayBuffer", "capacity": 50_000}
         self.store_buffer_in_checkpoints = False
+        self.exact_refresh_interval = 50
         # __sphinx_doc_end__
         # fmt: on
         # The stack is in buffers; never broadcast it at every DDP forward.
@@ -114,6 +115,7 @@ class StaQConfig(AlgorithmConfig):
         expected_next_value: Optional[bool] = NotProvided,
         replay_buffer_config: Optional[Dict[str, Any]] = NotProvided,
         store_buffer_in_checkpoints: Optional[bool] = NotProvided,
+        exact_refresh_interval: Optional[int] = NotProvided,
         **kwargs,
     ) -> "StaQConfig":
         """Sets StaQ's training settings (see the README's config table).
@@ -139,6 +141,8 @@ class StaQConfig(AlgorithmConfig):
             replay_buffer_config: RLlib episode replay buffer config; ``capacity``
                 is also the size of the learner's transition table.
             store_buffer_in_checkpoints: Store the replay data in checkpoints.
+            exact_refresh_interval: Pushes between exact recomputes of the cached
+                next-state stack sums (pushes update them incrementally).
         """
         super().training(**kwargs)
         settings = dict(
@@ -157,6 +161,7 @@ class StaQConfig(AlgorithmConfig):
             reward_scale=reward_scale,
             expected_next_value=expected_next_value,
             store_buffer_in_checkpoints=store_buffer_in_checkpoints,
+            exact_refresh_interval=exact_refresh_interval,
         )
         for name, value in settings.items():
             if value is not NotProvided:
@@ -210,6 +215,7 @@ class StaQConfig(AlgorithmConfig):
             "grad_steps_per_iteration",
             "target_network_update_freq",
             "train_batch_size_per_learner",
+            "exact_refresh_interval",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

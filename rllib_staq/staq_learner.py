@@ -18,4 +18,5 @@ FQI_TIMER = "fqi_phase_timer"
 PUSH_TIMER = "push_timer"
 
 # Columns of the learner's transition table.
-NEXT_LOGITS = "next_stack_logits"
+# Unscaled stack sum at the next state (xi_k / logit_scale), cached per row.
+NEXT_STACK_SUM = "next_stack_sum"

@@ -9,7 +9,7 @@ from ray.rllib.core.columns import Columns
 
 from conftest import tiny_config
 from rllib_staq import pmd
-from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_LOGITS
+from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_STACK_SUM
 
 MODULE_ID = "default_policy"
 
@@ -41,17 +41,20 @@ def test_loss_equals_hand_computed_soft_target(algo):
         Columns.REWARDS: torch.tensor([1.0, 0.0, 2.0]),
         Columns.TERMINATEDS: torch.tensor([0.0, 0.0, 1.0]),
         Columns.NEXT_OBS: torch.randn(3, 4),
-        NEXT_LOGITS: torch.tensor([[0.0, 0.0], [1.0, -1.0], [3.0, 0.0]]),
+        NEXT_STACK_SUM: torch.tensor([[0.0, 0.0], [1.0, -1.0], [3.0, 0.0]]),
     }
     tau = 0.7
+    scale_before = module.logit_scale.clone()
+    module.logit_scale.fill_(0.5)  # xi = 0.5 * cached unscaled sum
     target = learner._fqi_target(MODULE_ID, module, batch, tau)
+    module.logit_scale.copy_(scale_before)
 
     # By hand: mean over the target ensemble, exact expectation, entropy bonus.
     with torch.no_grad():
         q_next = torch.stack([net(batch[Columns.NEXT_OBS]) for net in module.target_q_nets]).mean(0)
     expected = []
     for i in range(3):
-        probs = torch.softmax(batch[NEXT_LOGITS][i], -1)
+        probs = torch.softmax(0.5 * batch[NEXT_STACK_SUM][i], -1)
         entropy = -sum(p * math.log(p) for p in probs.tolist())
         value = float((probs * q_next[i]).sum()) + tau * entropy
         done = batch[Columns.TERMINATEDS][i].item()
@@ -99,13 +102,27 @@ def test_one_update_is_one_staq_iteration(algo):
     )
 
 
-def test_next_state_logits_are_the_stack_at_next_obs(algo):
-    learner = _learner(algo)
-    module = learner.module[MODULE_ID].unwrapped()
-    table = learner._tables[MODULE_ID]
-    # The table's logits were computed before the last push: recompute them now
-    # with the current stack and compare with a fresh refresh.
-    learner._refresh_next_state_logits(MODULE_ID, table)
-    with torch.no_grad():
-        expected = module.stack_logits(table.filled(Columns.NEXT_OBS))
-    torch.testing.assert_close(table.filled(NEXT_LOGITS), expected)
+def test_cached_next_state_logits_match_exact_oracle(ray_session):
+    """Incremental cache == full-stack recompute after pushes, wraps and tau changes."""
+    algo = tiny_config(
+        stack_size=2,
+        entropy_coeff=[[0, 2.0], [500, 0.2]],  # tau changes at every push
+        exact_refresh_interval=1000,  # no exact refresh: pure incremental updates
+    ).build_algo()
+    try:
+        for _ in range(7):  # 7 pushes into 2 slots: several evictions
+            algo.train()
+        learner = _learner(algo)
+        module = learner.module[MODULE_ID].unwrapped()
+        table = learner._tables[MODULE_ID]
+        cached = learner.cached_next_state_logits(MODULE_ID)
+        with torch.no_grad():
+            exact = module.stack_logits(table.filled(Columns.NEXT_OBS))
+        assert exact.abs().max() > 1e-2  # a non-trivial policy
+        relative_error = (cached - exact).abs().max() / exact.abs().max()
+        assert relative_error <= 1e-4
+        # The oracle itself: a recompute lands on the exact values.
+        learner.recompute_next_state_sums(MODULE_ID)
+        torch.testing.assert_close(learner.cached_next_state_logits(MODULE_ID), exact)
+    finally:
+        algo.stop()

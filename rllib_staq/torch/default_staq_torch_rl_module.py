@@ -196,13 +196,28 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     def stack_logits(self, obs: torch.Tensor) -> torch.Tensor:
         """xi_k(obs): the weighted sum of all stacked members, ``[B, A]``."""
         fill = self.stack_fill
-        if fill == 0:
+        return self._weighted_slots(obs, 0, fill, self.slot_decay[:fill] * self.logit_scale)
+
+    def unscaled_stack_sum(self, obs: torch.Tensor) -> torch.Tensor:
+        """``sum_j decay_j sum_e Q_{j,e}(obs)``: xi_k / logit_scale, ``[B, A]``.
+
+        The learner caches this per transition (it does not change when tau, and
+        with it the logit scale, changes).
+        """
+        fill = self.stack_fill
+        return self._weighted_slots(obs, 0, fill, self.slot_decay[:fill])
+
+    def slot_member_sum(self, obs: torch.Tensor, slot: int) -> torch.Tensor:
+        """``sum_e Q_{slot,e}(obs)``: one slot's ensemble, unweighted, ``[B, A]``."""
+        return self._weighted_slots(obs, slot, slot + 1, torch.ones(1, device=obs.device))
+
+    def _weighted_slots(
+        self, obs: torch.Tensor, first: int, stop: int, slot_coeffs: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_{j in [first, stop)} c_j sum_e Q_{j,e}(obs)`` in one batched pass."""
+        if stop <= first:
             return torch.zeros(obs.shape[0], self.num_actions, device=obs.device)
-        rows = slice(0, fill * self.num_q_networks)
-        # [fill*E]: slot weight times alpha*c/E, each slot repeated for its E members.
-        member_coeffs = (self.slot_decay[:fill] * self.logit_scale).repeat_interleave(
-            self.num_q_networks
-        )
+        rows = slice(first * self.num_q_networks, stop * self.num_q_networks)
         convs, denses, (head_w, head_b) = self._stacked_layers(rows)
         return pmd.stacked_forward(
             to_network_input(obs, self.image_input),
@@ -210,7 +225,8 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
             denses,
             head_w,
             head_b,
-            member_coeffs,
+            # Each slot's coefficient is shared by its E members.
+            slot_coeffs.repeat_interleave(self.num_q_networks),
             self.activation,
         )
 

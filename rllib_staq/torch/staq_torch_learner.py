@@ -38,7 +38,7 @@ from rllib_staq.staq_learner import (
     FQI_TIMER,
     KL_NEW_OLD_KEY,
     MEAN_Q_KEY,
-    NEXT_LOGITS,
+    NEXT_STACK_SUM,
     NEXT_LOGITS_TIMER,
     NUM_GRAD_STEPS_KEY,
     NUM_PUSHES_KEY,
@@ -54,7 +54,7 @@ from rllib_staq.torch.default_staq_torch_rl_module import (
 )
 
 # Rows per chunk when evaluating the stack over the whole table (bounds memory).
-LOGITS_CHUNK = 4096
+LOGITS_CHUNK = 1024
 # Replay states on which KL(pi_k || pi_{k+1}) and the entropy are measured.
 DIAGNOSTIC_SAMPLE = 1024
 REPLAY_STATE_KEY = "staq_transition_tables"
@@ -121,24 +121,48 @@ class StaQTorchLearner(TorchLearner):
         loss_per_module = {}
         for module_id, module_batch in batch.items():
             table = self._table(module_id)
-            table.add(
+            new_rows = table.add(
                 _transition_columns(module_batch, self._unwrapped(module_id).num_actions)
             )
             with self.metrics.log_time((module_id, NEXT_LOGITS_TIMER)):
-                self._refresh_next_state_logits(module_id, table)
+                self._fill_next_state_sums(module_id, table, new_rows)
             with self.metrics.log_time((module_id, FQI_TIMER)):
                 loss_per_module[module_id] = self._run_fqi_phase(module_id, table)
         return {}, loss_per_module, {}
 
     @torch.no_grad()
-    def _refresh_next_state_logits(self, module_id: ModuleID, table: TransitionTable):
-        """pi_k's logits at every stored next-state: once per iteration, not per step."""
+    def _fill_next_state_sums(self, module_id: ModuleID, table: TransitionTable, new_rows):
+        """pi_k at the stored next-states, once per iteration (never per step).
+
+        The table caches the unscaled stack sum per transition; pushes update it
+        incrementally (:meth:`_update_cached_sums_for_push`), so only the new
+        rows need the full stack. Every ``exact_refresh_interval`` pushes all
+        rows are recomputed from the full stack to bound float drift.
+        """
         module = self._unwrapped(module_id)
-        next_obs = table.filled(Columns.NEXT_OBS)
-        logits = table.filled(NEXT_LOGITS)
+        interval = self._module_config(module_id).exact_refresh_interval
+        if int(module.num_pushes) % interval == 0:
+            self.recompute_next_state_sums(module_id)
+            return
+        next_obs = table.columns[Columns.NEXT_OBS]
+        sums = table.columns[NEXT_STACK_SUM]
+        for chunk in new_rows.split(LOGITS_CHUNK):
+            sums[chunk] = module.unscaled_stack_sum(next_obs[chunk])
+
+    @torch.no_grad()
+    def recompute_next_state_sums(self, module_id: ModuleID) -> None:
+        """Exact recompute of every cached next-state sum from the full stack (oracle)."""
+        module = self._unwrapped(module_id)
+        table = self._tables[module_id]
+        next_obs, sums = table.filled(Columns.NEXT_OBS), table.filled(NEXT_STACK_SUM)
         for start in range(0, table.size, LOGITS_CHUNK):
             stop = min(start + LOGITS_CHUNK, table.size)
-            logits[start:stop] = module.stack_logits(next_obs[start:stop])
+            sums[start:stop] = module.unscaled_stack_sum(next_obs[start:stop])
+
+    def cached_next_state_logits(self, module_id: ModuleID) -> torch.Tensor:
+        """xi_k at every stored next-state, from the cache: ``[N, A]``."""
+        module = self._unwrapped(module_id)
+        return module.logit_scale * self._tables[module_id].filled(NEXT_STACK_SUM)
 
     def _run_fqi_phase(self, module_id: ModuleID, table: TransitionTable) -> torch.Tensor:
         """``grad_steps_per_iteration`` Adam steps of fitted-Q evaluation."""
@@ -192,7 +216,7 @@ class StaQTorchLearner(TorchLearner):
             target_q = target_q.min(0).values
         else:
             target_q = target_q.mean(0)
-        next_logits = minibatch[NEXT_LOGITS]
+        next_logits = module.logit_scale * minibatch[NEXT_STACK_SUM]
         next_actions = None
         if not config.expected_next_value:
             next_actions = torch.multinomial(
@@ -234,7 +258,7 @@ class StaQTorchLearner(TorchLearner):
             table.sample_indices(min(DIAGNOSTIC_SAMPLE, table.size), self._generator)
         ]
         logits_before = module.stack_logits(probe_obs)
-        module.push_onto_stack(alpha, beta, correction)
+        self._push_with_cache_update(module, table, alpha, beta, correction)
         logits_after = module.stack_logits(probe_obs)
 
         log = self.metrics.log_value
@@ -248,6 +272,26 @@ class StaQTorchLearner(TorchLearner):
         log((module_id, ENTROPY_COEFF_KEY), tau, window=1)
         log((module_id, EPSILON_KEY), module.current_epsilon(self._current_env_steps), window=1)
         log((module_id, REPLAY_SIZE_KEY), table.size, window=1)
+
+    @torch.no_grad()
+    def _push_with_cache_update(self, module, table, alpha, beta, correction) -> None:
+        """Push, and update every cached next-state sum with 2 slot passes, not M.
+
+        ``U <- beta * (U - d_evicted * Q_evicted) + Q_new`` mirrors
+        ``decay_slots_for_push`` (every slot decays by beta, the evicted slot's
+        term leaves, the new member enters with weight 1).
+        """
+        slot = int(module.num_pushes) % module.stack_size
+        evicting = int(module.num_pushes) >= module.stack_size
+        evicted_decay = float(module.slot_decay[slot])
+        next_obs, sums = table.filled(Columns.NEXT_OBS), table.filled(NEXT_STACK_SUM)
+        chunks = [slice(s, min(s + LOGITS_CHUNK, table.size)) for s in range(0, table.size, LOGITS_CHUNK)]
+        if evicting:
+            for rows in chunks:
+                sums[rows] -= evicted_decay * module.slot_member_sum(next_obs[rows], slot)
+        module.push_onto_stack(alpha, beta, correction)
+        for rows in chunks:
+            sums[rows] = beta * sums[rows] + module.slot_member_sum(next_obs[rows], slot)
 
     # ------------------------------------------------------------------ #
     # Checkpointing of the transition tables.
@@ -280,5 +324,5 @@ def _transition_columns(
         Columns.TERMINATEDS: module_batch[Columns.TERMINATEDS].float(),
         Columns.NEXT_OBS: module_batch[Columns.NEXT_OBS],
         # Placeholder rows; filled by the once-per-iteration logits pass.
-        NEXT_LOGITS: torch.zeros(rewards.shape[0], num_actions, device=rewards.device),
+        NEXT_STACK_SUM: torch.zeros(rewards.shape[0], num_actions, device=rewards.device),
     }

@@ -1,0 +1,57 @@
+"""StaQ learns on real environments.
+
+The first test runs in the default suite (about a minute here); the full runs are
+behind the `learning` marker: ``pytest -m learning``.
+"""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from rllib_staq.progress import _get
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def greedy_return_after(config, max_iterations, stop_return):
+    """Trains until the greedy evaluation return reaches ``stop_return``."""
+    algo = config.build_algo()
+    best = float("-inf")
+    try:
+        for _ in range(max_iterations):
+            result = algo.train()
+            eval_return = _get(result, "evaluation", "env_runners", "episode_return_mean")
+            best = max(best, eval_return)
+            if eval_return >= stop_return:
+                break
+    finally:
+        algo.stop()
+    return best
+
+
+def test_staq_learns_cartpole_quickly(ray_session):
+    """Greedy return >= 195 within 12k env steps (measured: reached at ~5-6k)."""
+    config = load_example("cartpole_staq").build_config(seed=0)
+    assert greedy_return_after(config, max_iterations=12, stop_return=195.0) >= 195.0
+
+
+@pytest.mark.learning
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cartpole_full(ray_session, seed):
+    config = load_example("cartpole_staq").build_config(seed=seed)
+    assert greedy_return_after(config, max_iterations=100, stop_return=475.0) >= 475.0
+
+
+@pytest.mark.learning
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_acrobot_full(ray_session, seed):
+    config = load_example("acrobot_staq").build_config(seed=seed)
+    assert greedy_return_after(config, max_iterations=100, stop_return=-100.0) >= -100.0

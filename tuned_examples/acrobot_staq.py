@@ -1,0 +1,51 @@
+"""StaQ on Acrobot-v1.
+
+Run with Tune (RLlib's example-script flags)::
+
+    python tuned_examples/cartpole_staq.py --as-test --stop-reward=-100
+
+or without Tune, with a progress line per iteration and a final greedy evaluation::
+
+    python tuned_examples/cartpole_staq.py --no-tune --stop-timesteps=60000
+
+Expected result (measured, see README "Results"): see RESULT below.
+"""
+
+from ray.rllib.examples.utils import add_rllib_example_script_args
+
+from rllib_staq import StaQConfig
+
+parser = add_rllib_example_script_args(default_reward=-100.0, default_timesteps=100_000)
+
+
+def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
+    """The tuned Acrobot config (importable by tests without parsing argv)."""
+    return (
+        StaQConfig()
+        .environment("Acrobot-v1")
+        .env_runners(num_env_runners=num_env_runners)
+        .training(
+            stack_size=50,
+            kl_coeff=20.0,
+            entropy_coeff=[[0, 2.0], [50_000, 0.4]],
+            epsilon=0.05,
+            env_steps_per_iteration=1000,
+            grad_steps_per_iteration=1000,
+            train_batch_size_per_learner=256,
+            lr=1e-4,
+            replay_buffer_config={"capacity": 50_000},
+        )
+        .evaluation(
+            evaluation_interval=1,
+            evaluation_duration=10,
+            evaluation_duration_unit="episodes",
+            evaluation_config=StaQConfig.overrides(explore=False),
+        )
+        .debugging(seed=seed)
+    )
+
+
+if __name__ == "__main__":
+    from rllib_staq.cli import run_example
+
+    run_example(parser.parse_args(), build_config)
