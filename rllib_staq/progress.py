@@ -14,7 +14,7 @@ from ray.rllib.utils.metrics import (
 )
 
 
-def _get(result: Dict[str, Any], *keys, default=float("nan")):
+def metric_at(result: Dict[str, Any], *keys, default=float("nan")):
     for key in keys:
         if not isinstance(result, dict) or key not in result:
             return default
@@ -38,17 +38,17 @@ def train_with_progress(
     env_steps = 0
     while env_steps < stop_timesteps:
         result = algo.train()
-        env_steps = _get(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)
-        learner = _get(result, "learners", "default_policy", default={})
-        eval_return = _get(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+        env_steps = metric_at(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)
+        learner = metric_at(result, "learners", "default_policy", default={})
+        eval_return = metric_at(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
         print_fn(
             f"[{100 * min(env_steps / stop_timesteps, 1):5.1f}%] iter {result['training_iteration']:4d} "
             f"| steps {int(env_steps):8d} "
-            f"| return {_get(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN):8.2f} "
+            f"| return {metric_at(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN):8.2f} "
             f"| eval {eval_return:8.2f} "
-            f"| td {_get(learner, 'td_loss'):9.3f} "
-            f"| H(pi) {_get(learner, 'policy_entropy'):5.3f} "
-            f"| stack {int(_get(learner, 'stack_fill', default=0)):4d} "
+            f"| td {metric_at(learner, 'td_loss'):9.3f} "
+            f"| H(pi) {metric_at(learner, 'policy_entropy'):5.3f} "
+            f"| stack {int(metric_at(learner, 'stack_fill', default=0)):4d} "
             f"| {time.time() - start:7.1f}s"
         )
         if stop_reward is not None and eval_return >= stop_reward:
@@ -59,7 +59,7 @@ def train_with_progress(
 def evaluate_greedy(algo: Algorithm, print_fn=print) -> float:
     """Runs RLlib's evaluation (greedy argmax policy) once; returns the mean return."""
     results = algo.evaluate()
-    mean_return = _get(results, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
-    episodes = _get(results, ENV_RUNNER_RESULTS, "num_episodes", default="?")
+    mean_return = metric_at(results, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+    episodes = metric_at(results, ENV_RUNNER_RESULTS, "num_episodes", default="?")
     print_fn(f"Final greedy evaluation: mean return {mean_return:.2f} over {episodes} episodes")
     return mean_return

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from rllib_staq.progress import _get
+from rllib_staq.progress import metric_at
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
 
@@ -28,7 +28,7 @@ def greedy_return_after(config, max_iterations, stop_return):
     try:
         for _ in range(max_iterations):
             result = algo.train()
-            eval_return = _get(result, "evaluation", "env_runners", "episode_return_mean")
+            eval_return = metric_at(result, "evaluation", "env_runners", "episode_return_mean")
             best = max(best, eval_return)
             if eval_return >= stop_return:
                 break
