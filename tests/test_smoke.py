@@ -62,9 +62,12 @@ def test_two_learners_keep_identical_stacks(ray_session):
     try:
         algo.train()
         algo.train()
-        stacks = algo.learner_group.foreach_learner(
-            lambda learner: learner.module["default_policy"].unwrapped().get_state()
-        )
+        stacks = [
+            result.get()
+            for result in algo.learner_group.foreach_learner(
+                lambda learner: learner.module["default_policy"].unwrapped().get_state()
+            )
+        ]
         assert len(stacks) == 2
         for key in stacks[0]:
             np.testing.assert_allclose(
