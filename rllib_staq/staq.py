@@ -39,6 +39,8 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.typing import LearningRateOrSchedule
 
+from rllib_staq.staq_learner import ITERATION_TIMER
+
 logger = logging.getLogger(__name__)
 
 ENSEMBLE_TARGETS = ("mean", "min")
@@ -141,8 +143,10 @@ class StaQConfig(AlgorithmConfig):
             replay_buffer_config: RLlib episode replay buffer config; ``capacity``
                 is also the size of the learner's transition table.
             store_buffer_in_checkpoints: Store the replay data in checkpoints.
-            exact_refresh_interval: Pushes between exact recomputes of the cached
-                next-state stack sums (pushes update them incrementally).
+            exact_refresh_interval: Every iteration recomputes 1/interval of the
+                cached next-state stack sums exactly from the full stack (pushes
+                update them incrementally), so each is exact again within this
+                many pushes.
         """
         super().training(**kwargs)
         settings = dict(
@@ -310,7 +314,7 @@ class StaQ(Algorithm):
 
     @override(Algorithm)
     def training_step(self) -> None:
-        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER), **ITERATION_TIMER):
             episodes, env_runner_results = synchronous_parallel_sample(
                 worker_set=self.env_runner_group,
                 max_env_steps=self.config.env_steps_per_iteration,
@@ -321,14 +325,14 @@ class StaQ(Algorithm):
             )
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
 
-        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER), **ITERATION_TIMER):
             self.local_replay_buffer.add(episodes)
         self.metrics.aggregate(
             [self.local_replay_buffer.get_metrics()], key=REPLAY_BUFFER_RESULTS
         )
 
         # One update = one whole StaQ iteration on each learner (FQI + push).
-        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER), **ITERATION_TIMER):
             learner_results = self.learner_group.update(
                 episodes=episodes,
                 timesteps={
@@ -343,7 +347,7 @@ class StaQ(Algorithm):
         self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
 
         # The new stack reaches the EnvRunners once per iteration.
-        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER), **ITERATION_TIMER):
             self.env_runner_group.sync_weights(
                 from_worker_or_learner_group=self.learner_group,
                 inference_only=True,

@@ -13,10 +13,23 @@ EPSILON_KEY = "epsilon"
 REPLAY_SIZE_KEY = "replay_size"
 NUM_GRAD_STEPS_KEY = "num_grad_steps_lifetime"
 
+# StaQ's timers report the last iteration's time (an iteration is one long
+# sample/FQI/push cycle, so RLlib's default EMA over iterations would lag).
+ITERATION_TIMER = {"reduce": "mean", "window": 1}
 NEXT_LOGITS_TIMER = "next_state_logits_timer"
 FQI_TIMER = "fqi_phase_timer"
 PUSH_TIMER = "push_timer"
 
+NEXT_STATE_PASS_FRACTION_KEY = "next_state_rows_needing_stack_pass"
+
+# Extra model outputs of the acting passes, stored in the episodes, so the
+# learner reuses them as next-state sums of new transitions (no extra pass).
+STACK_SUM = "staq_stack_sum"  # [B, A] unscaled stack sum, xi_k / logit_scale
+STACK_VERSION = "staq_stack_version"  # [B] num_pushes of the stack that acted
+
 # Columns of the learner's transition table.
 # Unscaled stack sum at the next state (xi_k / logit_scale), cached per row.
 NEXT_STACK_SUM = "next_stack_sum"
+# Version (num_pushes) of the stack that produced NEXT_STACK_SUM when acting;
+# -1 where no acting output exists (episode-chunk ends, data from elsewhere).
+NEXT_STACK_VERSION = "next_stack_version"

@@ -126,3 +126,28 @@ def test_cached_next_state_logits_match_exact_oracle(ray_session):
         torch.testing.assert_close(learner.cached_next_state_logits(MODULE_ID), exact)
     finally:
         algo.stop()
+
+
+def test_new_transitions_reuse_acting_stack_outputs(ray_session):
+    """New rows take pi_k from the EnvRunners' acting pass; only chunk ends need the stack."""
+    algo = (
+        tiny_config(stack_size=3, exact_refresh_interval=1000, lr=1e-2)
+        .env_runners(num_env_runners=1, num_envs_per_env_runner=2)
+        .build_algo()
+    )
+    try:
+        for _ in range(4):
+            result = algo.train()
+            fraction = result["learners"][MODULE_ID]["next_state_rows_needing_stack_pass"]
+            # One row per episode chunk (its last transition) has no acting output.
+            assert 0.0 < fraction < 0.5
+        learner = _learner(algo)
+        module = learner.module[MODULE_ID].unwrapped()
+        table = learner._tables[MODULE_ID]
+        with torch.no_grad():
+            exact = module.stack_logits(table.filled(Columns.NEXT_OBS))
+        assert exact.abs().max() > 1e-2
+        cached = learner.cached_next_state_logits(MODULE_ID)
+        assert (cached - exact).abs().max() / exact.abs().max() <= 1e-4
+    finally:
+        algo.stop()

@@ -27,10 +27,10 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
 from rllib_staq import pmd
+from rllib_staq.staq_learner import STACK_SUM, STACK_VERSION
 
 QF_PREDS = "qf_preds"  # [E, B, A] trainable ensemble
 QF_TARGET_NEXT_PREDS = "qf_target_next_preds"  # [E, B, A] target ensemble
-STACK_LOGITS = "staq_stack_logits"  # [B, A] xi_k, extra model output
 
 _MLP_DEFAULTS = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 # MinAtar network of the paper: conv 16x3x3 stride 1 -> dense 128 -> head.
@@ -195,8 +195,7 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
 
     def stack_logits(self, obs: torch.Tensor) -> torch.Tensor:
         """xi_k(obs): the weighted sum of all stacked members, ``[B, A]``."""
-        fill = self.stack_fill
-        return self._weighted_slots(obs, 0, fill, self.slot_decay[:fill] * self.logit_scale)
+        return self.logit_scale * self.unscaled_stack_sum(obs)
 
     def unscaled_stack_sum(self, obs: torch.Tensor) -> torch.Tensor:
         """``sum_j decay_j sum_e Q_{j,e}(obs)``: xi_k / logit_scale, ``[B, A]``.
@@ -253,23 +252,30 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     # ------------------------------------------------------------------ #
     # RLModule forward passes.
     # ------------------------------------------------------------------ #
+    @torch.no_grad()
+    def _acting_stack_outputs(self, obs: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """The logits xi_k(obs) and the extra outputs that let the learner reuse them."""
+        stack_sum = self.unscaled_stack_sum(obs)
+        extra = {
+            STACK_SUM: stack_sum,
+            STACK_VERSION: self.num_pushes.expand(obs.shape[0]),
+        }
+        return self.logit_scale * stack_sum, extra
+
     @override(RLModule)
     def _forward_inference(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
-        with torch.no_grad():
-            logits = self.stack_logits(batch[Columns.OBS])
+        logits, extra = self._acting_stack_outputs(batch[Columns.OBS])
         # Greedy evaluation: argmax of the PMD logits.
-        return {Columns.ACTIONS: logits.argmax(-1), Columns.ACTION_DIST_INPUTS: logits}
+        return {Columns.ACTIONS: logits.argmax(-1), Columns.ACTION_DIST_INPUTS: logits, **extra}
 
     @override(RLModule)
     def _forward_exploration(
         self, batch: Dict[str, Any], t: Optional[int] = None, **kwargs
     ) -> Dict[str, Any]:
-        with torch.no_grad():
-            logits = self.stack_logits(batch[Columns.OBS])
-            epsilon = self.current_epsilon(t)
-            # Epsilon-softmax as log-probabilities: RLlib's Categorical samples it.
-            log_probs = pmd.epsilon_softmax_log_probs(logits, epsilon)
-        return {Columns.ACTION_DIST_INPUTS: log_probs}
+        logits, extra = self._acting_stack_outputs(batch[Columns.OBS])
+        # Epsilon-softmax as log-probabilities: RLlib's Categorical samples it.
+        log_probs = pmd.epsilon_softmax_log_probs(logits, self.current_epsilon(t))
+        return {Columns.ACTION_DIST_INPUTS: log_probs, **extra}
 
     def current_epsilon(self, t: Optional[int]) -> float:
         if t is None or not self._epsilon_schedule.use_schedule:

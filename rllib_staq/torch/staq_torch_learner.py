@@ -29,6 +29,7 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.typing import ModuleID
 
 from rllib_staq import pmd
+from rllib_staq.connectors import AddNextStackSumsFromEpisodesToTrainBatch
 from rllib_staq.replay import TransitionTable
 from rllib_staq.staq_learner import (
     ALPHA_KEY,
@@ -36,10 +37,13 @@ from rllib_staq.staq_learner import (
     ENTROPY_COEFF_KEY,
     EPSILON_KEY,
     FQI_TIMER,
+    ITERATION_TIMER,
     KL_NEW_OLD_KEY,
     MEAN_Q_KEY,
-    NEXT_STACK_SUM,
     NEXT_LOGITS_TIMER,
+    NEXT_STACK_SUM,
+    NEXT_STACK_VERSION,
+    NEXT_STATE_PASS_FRACTION_KEY,
     NUM_GRAD_STEPS_KEY,
     NUM_PUSHES_KEY,
     POLICY_ENTROPY_KEY,
@@ -69,6 +73,10 @@ class StaQTorchLearner(TorchLearner):
         self._learner_connector.insert_after(
             AddObservationsFromEpisodesToBatch,
             AddNextObservationsFromEpisodesToTrainBatch(),
+        )
+        self._learner_connector.insert_after(
+            AddNextObservationsFromEpisodesToTrainBatch,
+            AddNextStackSumsFromEpisodesToTrainBatch(),
         )
         self._tables: Dict[ModuleID, TransitionTable] = {}
         self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
@@ -120,34 +128,61 @@ class StaQTorchLearner(TorchLearner):
     def _update(self, batch: Dict[str, Any], **kwargs) -> Tuple[Any, Any, Any]:
         loss_per_module = {}
         for module_id, module_batch in batch.items():
-            table = self._table(module_id)
-            new_rows = table.add(
-                _transition_columns(module_batch, self._unwrapped(module_id).num_actions)
-            )
-            with self.metrics.log_time((module_id, NEXT_LOGITS_TIMER)):
-                self._fill_next_state_sums(module_id, table, new_rows)
-            with self.metrics.log_time((module_id, FQI_TIMER)):
-                loss_per_module[module_id] = self._run_fqi_phase(module_id, table)
+            self.add_transitions(module_id, module_batch)
+            with self.metrics.log_time((module_id, FQI_TIMER), **ITERATION_TIMER):
+                loss_per_module[module_id] = self._run_fqi_phase(
+                    module_id, self._table(module_id)
+                )
         return {}, loss_per_module, {}
 
+    def add_transitions(self, module_id: ModuleID, module_batch: Dict[str, Any]) -> None:
+        """Appends a learner-connector batch to the table with pi_k at its next-states.
+
+        ``module_batch`` holds OBS, ACTIONS, REWARDS, TERMINATEDS, NEXT_OBS and,
+        optionally, NEXT_STACK_SUM/NEXT_STACK_VERSION (the EnvRunners' acting
+        outputs, reused where they come from the current stack).
+        """
+        table = self._table(module_id)
+        module = self._unwrapped(module_id)
+        columns, acting_versions = _transition_columns(module_batch, module.num_actions)
+        new_rows = table.add(columns)
+        with self.metrics.log_time((module_id, NEXT_LOGITS_TIMER), **ITERATION_TIMER):
+            # The table keeps only its newest `capacity` rows of an oversized batch.
+            needs_pass = (acting_versions != module.num_pushes)[-new_rows.shape[0] :]
+            self._fill_next_state_sums(module_id, table, new_rows[needs_pass])
+            self._wait_for_device()
+        self.metrics.log_value(
+            (module_id, NEXT_STATE_PASS_FRACTION_KEY),
+            needs_pass.float().mean().item(),
+            window=1,
+        )
+
     @torch.no_grad()
-    def _fill_next_state_sums(self, module_id: ModuleID, table: TransitionTable, new_rows):
+    def _fill_next_state_sums(self, module_id: ModuleID, table: TransitionTable, rows):
         """pi_k at the stored next-states, once per iteration (never per step).
 
         The table caches the unscaled stack sum per transition; pushes update it
-        incrementally (:meth:`_update_cached_sums_for_push`), so only the new
-        rows need the full stack. Every ``exact_refresh_interval`` pushes all
-        rows are recomputed from the full stack to bound float drift.
+        incrementally (:meth:`_push_with_cache_update`), and new rows arrive with
+        the EnvRunners' acting outputs, so only ``rows`` (those without a
+        current acting output) need the full stack here. A rolling window of
+        ``1/exact_refresh_interval`` of the table is also recomputed exactly at
+        every iteration, so every row is refreshed within that many pushes
+        (bounding float drift at a constant cost per iteration).
         """
         module = self._unwrapped(module_id)
-        interval = self._module_config(module_id).exact_refresh_interval
-        if int(module.num_pushes) % interval == 0:
-            self.recompute_next_state_sums(module_id)
-            return
+        refresh = self._refresh_window(table, int(module.num_pushes), module_id)
+        rows = torch.cat([rows, torch.arange(refresh.start, refresh.stop, device=rows.device)])
         next_obs = table.columns[Columns.NEXT_OBS]
         sums = table.columns[NEXT_STACK_SUM]
-        for chunk in new_rows.split(LOGITS_CHUNK):
+        for chunk in rows.split(LOGITS_CHUNK):
             sums[chunk] = module.unscaled_stack_sum(next_obs[chunk])
+
+    def _refresh_window(self, table: TransitionTable, num_pushes: int, module_id) -> slice:
+        """Rows recomputed exactly at this iteration: window ``num_pushes % interval``."""
+        interval = self._module_config(module_id).exact_refresh_interval
+        rows_per_window = -(-table.size // interval)  # ceil
+        start = min((num_pushes % interval) * rows_per_window, table.size)
+        return slice(start, min(start + rows_per_window, table.size))
 
     @torch.no_grad()
     def recompute_next_state_sums(self, module_id: ModuleID) -> None:
@@ -171,6 +206,8 @@ class StaQTorchLearner(TorchLearner):
         tau = self.entropy_coeff(module_id)
         td_losses = torch.zeros(config.grad_steps_per_iteration, device=self.device)
         mean_qs = torch.zeros_like(td_losses)
+        # A host-side counter: reading the buffer each step would sync a GPU.
+        grad_steps_before = int(module.num_grad_steps)
         for step in range(config.grad_steps_per_iteration):
             indices = table.sample_indices(
                 config.train_batch_size_per_learner, self._generator
@@ -186,12 +223,12 @@ class StaQTorchLearner(TorchLearner):
             self.apply_gradients(self.postprocess_gradients(gradients))
             td_losses[step] = loss.detach() / module.num_q_networks
             mean_qs[step] = fwd_out[QF_PREDS].detach().mean()
-            module.num_grad_steps += 1
-            if int(module.num_grad_steps) % config.target_network_update_freq == 0:
+            if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
                 for main_net, target_net in module.get_target_network_pairs():
                     update_target_network(
                         main_net=main_net, target_net=target_net, tau=config.tau
                     )
+        module.num_grad_steps += config.grad_steps_per_iteration
         self.metrics.log_value((module_id, TD_LOSS_KEY), td_losses.mean().item(), window=1)
         self.metrics.log_value((module_id, MEAN_Q_KEY), mean_qs.mean().item(), window=1)
         return td_losses.mean()
@@ -242,8 +279,14 @@ class StaQTorchLearner(TorchLearner):
         for module_id in self.module.keys():
             if module_id not in self._tables:
                 continue
-            with self.metrics.log_time((module_id, PUSH_TIMER)):
+            with self.metrics.log_time((module_id, PUSH_TIMER), **ITERATION_TIMER):
                 self._push_and_log(module_id)
+                self._wait_for_device()
+
+    def _wait_for_device(self) -> None:
+        """Lets the per-phase timers measure GPU work, not just its launch."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
     def _push_and_log(self, module_id: ModuleID) -> None:
@@ -314,15 +357,25 @@ class StaQTorchLearner(TorchLearner):
 
 def _transition_columns(
     module_batch: Dict[str, torch.Tensor], num_actions: int
-) -> Dict[str, torch.Tensor]:
-    """The columns FQI needs, from a learner-connector batch of new transitions."""
+) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """The columns FQI needs, and the stack version behind each NEXT_STACK_SUM.
+
+    Rows without an acting output get version -1 (never a real version).
+    """
     rewards = module_batch[Columns.REWARDS].float()
-    return {
+    num_rows = rewards.shape[0]
+    next_sums = module_batch.get(NEXT_STACK_SUM)
+    if next_sums is None:
+        next_sums = torch.zeros(num_rows, num_actions, device=rewards.device)
+        versions = torch.full((num_rows,), -1, device=rewards.device)
+    else:
+        versions = module_batch[NEXT_STACK_VERSION].long()
+    columns = {
         Columns.OBS: module_batch[Columns.OBS],
         Columns.ACTIONS: module_batch[Columns.ACTIONS].long(),
         Columns.REWARDS: rewards,
         Columns.TERMINATEDS: module_batch[Columns.TERMINATEDS].float(),
         Columns.NEXT_OBS: module_batch[Columns.NEXT_OBS],
-        # Placeholder rows; filled by the once-per-iteration logits pass.
-        NEXT_STACK_SUM: torch.zeros(rewards.shape[0], num_actions, device=rewards.device),
+        NEXT_STACK_SUM: next_sums.float(),
     }
+    return columns, versions

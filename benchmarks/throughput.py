@@ -1,0 +1,363 @@
+"""StaQ's iteration cost against M, acting cost, env-steps/s against RLlib's DQN and PPO, memory.
+
+    python benchmarks/throughput.py                 # every part, paper-scale settings
+    python benchmarks/throughput.py --part split --stack-sizes 1,50,300
+    python benchmarks/throughput.py --part acting --num-envs 1,4,16
+    python benchmarks/throughput.py --part e2e --seconds 120
+    python benchmarks/throughput.py --part memory --memory-iterations 50
+
+Everything is measured side by side in one run, so ratios are comparable on a
+noisy machine. Parts:
+
+* ``split``: steady-state StaQ iteration time split into sampling / next-state
+  logits / FQI / push / sync for each M, with a pre-filled stack (M pushes of
+  perturbed copies, no training) and a pre-filled replay table (random-policy
+  transitions), so M=300 is measured without 300 iterations first. The paper's
+  MLP config: 5000 env steps and 5000 gradient steps of 256 per iteration, two
+  ensemble members, 2x256 ReLU.
+* ``acting``: EnvRunner time per env step against M and the number of vector envs.
+* ``e2e``: env-steps/s on CartPole of StaQ (paper settings), RLlib's DQN at the
+  same update-to-data ratio and batch (one gradient step of 256 per env step)
+  and RLlib's PPO (its CartPole settings), each after its warm-up.
+* ``memory``: process RSS over many iterations with a full M=300 stack.
+
+The learner and its stack go to the GPU when one is present (``--device auto``);
+EnvRunners act on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Dict, List
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import ray
+from ray.rllib.algorithms.dqn import DQNConfig
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    NUM_ENV_STEPS_TRAINED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
+
+from rllib_staq import StaQConfig, pmd
+
+ENV = "CartPole-v1"
+MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
+
+
+# --------------------------------------------------------------------------- #
+# Building and pre-filling StaQ.
+# --------------------------------------------------------------------------- #
+def staq_config(args, stack_size: int, env_steps: int, grad_steps: int, num_envs: int):
+    config = (
+        StaQConfig()
+        .environment(ENV)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=num_envs)
+        .rl_module(model_config=MLP)
+        .training(
+            stack_size=stack_size,
+            env_steps_per_iteration=env_steps,
+            grad_steps_per_iteration=grad_steps,
+            train_batch_size_per_learner=256,
+            num_q_networks=2,
+        )
+        .debugging(seed=0, log_level="ERROR")
+        .reporting(metrics_num_episodes_for_smoothing=1)
+    )
+    if args.device == "cuda":
+        config.learners(num_learners=0, num_gpus_per_learner=1)
+    return config
+
+
+def random_policy_transitions(num_rows: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """``num_rows`` CartPole transitions of a uniform policy (replay pre-fill)."""
+    env = gym.make(ENV)
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    columns = {key: [] for key in ("obs", "actions", "rewards", "terminateds", "next_obs")}
+    for _ in range(num_rows):
+        action = int(rng.integers(env.action_space.n))
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(columns, (obs, action, reward, terminated, next_obs)):
+            columns[key].append(value)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    return {key: np.asarray(values) for key, values in columns.items()}
+
+
+def prefill(algo, replay_rows: int, stack_members: int) -> None:
+    """A full replay table and ``stack_members`` pushes, without training.
+
+    The table is filled first (empty stack: no stack pass). The pushes then
+    write perturbed copies of the trainable ensemble straight into the stack;
+    the cached next-state sums are not maintained for them (timing only).
+    """
+    learner = algo.learner_group._learner
+    module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+    device = learner.device
+    data = random_policy_transitions(replay_rows)
+    learner.add_transitions(
+        DEFAULT_MODULE_ID,
+        {
+            Columns.OBS: torch.as_tensor(data["obs"], device=device),
+            Columns.ACTIONS: torch.as_tensor(data["actions"], device=device),
+            Columns.REWARDS: torch.as_tensor(data["rewards"], device=device),
+            Columns.TERMINATEDS: torch.as_tensor(data["terminateds"], device=device),
+            Columns.NEXT_OBS: torch.as_tensor(data["next_obs"], device=device),
+        },
+    )
+    alpha, beta = pmd.pmd_step_sizes(20.0, 2.0)
+    with torch.no_grad():
+        for _ in range(stack_members):
+            for param in module.q_nets.parameters():
+                param.add_(torch.randn_like(param), alpha=0.01)
+            module.push_onto_stack(alpha, beta, 1.0)
+    algo.env_runner_group.sync_weights(
+        from_worker_or_learner_group=algo.learner_group, inference_only=True
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Parts.
+# --------------------------------------------------------------------------- #
+SPLIT_COLUMNS = ("sampling", "next_logits", "fqi", "push", "sync", "other", "total")
+
+
+def iteration_split(result: Dict, wall_seconds: float) -> Dict[str, float]:
+    learner = result[LEARNER_RESULTS][DEFAULT_MODULE_ID]
+    split = {
+        "sampling": result[TIMERS][ENV_RUNNER_SAMPLING_TIMER],
+        "next_logits": learner["next_state_logits_timer"],
+        "fqi": learner["fqi_phase_timer"],
+        "push": learner["push_timer"],
+        "sync": result[TIMERS][SYNCH_WORKER_WEIGHTS_TIMER],
+    }
+    split["other"] = wall_seconds - sum(split.values())
+    split["total"] = wall_seconds
+    return split
+
+
+def run_split(args) -> None:
+    print(
+        f"\n## Iteration split (s), {args.env_steps} env steps + {args.grad_steps} grad steps "
+        f"of 256, E=2, 2x256 MLP, {args.split_num_envs} envs, replay {args.replay_fill}, "
+        f"learner on {args.device}; mean of {args.iterations} iterations after 1 warm-up"
+    )
+    print("| M | " + " | ".join(SPLIT_COLUMNS) + " | total / total(M=1) |")
+    print("|---" * (len(SPLIT_COLUMNS) + 2) + "|")
+    baseline = None
+    for stack_size in args.stack_sizes:
+        config = staq_config(
+            args, stack_size, args.env_steps, args.grad_steps, args.split_num_envs
+        )
+        algo = config.build_algo()
+        try:
+            # +1 push when M pushes would land the rolling refresh on window 0
+            # twice; any offset is a steady state, this one is the same for all M.
+            prefill(algo, args.replay_fill, stack_size + 1)
+            algo.train()  # warm-up (allocations, first sync)
+            splits = []
+            for _ in range(args.iterations):
+                start = time.perf_counter()
+                result = algo.train()
+                splits.append(iteration_split(result, time.perf_counter() - start))
+        finally:
+            algo.stop()
+        mean = {key: float(np.mean([s[key] for s in splits])) for key in SPLIT_COLUMNS}
+        baseline = baseline or mean["total"]
+        cells = " | ".join(f"{mean[key]:.2f}" for key in SPLIT_COLUMNS)
+        print(f"| {stack_size} | {cells} | {mean['total'] / baseline:.2f}x |", flush=True)
+
+
+def run_acting(args) -> None:
+    print(
+        "\n## Acting: EnvRunner milliseconds per env step (explore=True, CPU, "
+        f"{torch.get_num_threads()} torch threads), full stack of M x 2 members"
+    )
+    print("| M | " + " | ".join(f"{n} envs" for n in args.num_envs) + " |")
+    print("|---" * (len(args.num_envs) + 1) + "|")
+    for stack_size in args.stack_sizes:
+        cells = []
+        for num_envs in args.num_envs:
+            algo = staq_config(args, stack_size, 1000, 1, num_envs).build_algo()
+            try:
+                prefill(algo, 1000, stack_size)
+                runner = algo.env_runner
+                steps = args.acting_forwards * num_envs
+                runner.sample(num_timesteps=num_envs * 10, random_actions=False)  # warm-up
+                start = time.perf_counter()
+                runner.sample(num_timesteps=steps, random_actions=False)
+                cells.append(1000 * (time.perf_counter() - start) / steps)
+            finally:
+                algo.stop()
+        print(f"| {stack_size} | " + " | ".join(f"{c:.3f}" for c in cells) + " |", flush=True)
+
+
+def env_steps_per_second(algo, seconds: float, warmup_env_steps: int) -> Dict[str, float]:
+    """Trains past ``warmup_env_steps``, then measures over at least ``seconds``."""
+    result = algo.train()
+    while result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME] < warmup_env_steps:
+        result = algo.train()
+    steps0 = result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME]
+    trained0 = _trained(result)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        result = algo.train()
+    elapsed = time.perf_counter() - start
+    steps = result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME] - steps0
+    return {
+        "env_steps_per_s": steps / elapsed,
+        "trained_per_env_step": (_trained(result) - trained0) / max(steps, 1),
+        "env_steps": steps,
+        "seconds": elapsed,
+    }
+
+
+def _trained(result) -> float:
+    return result.get(LEARNER_RESULTS, {}).get("__all_modules__", {}).get(
+        NUM_ENV_STEPS_TRAINED_LIFETIME, 0
+    )
+
+
+def run_e2e(args) -> None:
+    dqn = (
+        DQNConfig()
+        .environment(ENV)
+        .env_runners(num_env_runners=0, rollout_fragment_length=4)
+        .rl_module(model_config={**MLP, "head_fcnet_hiddens": []})
+        .training(
+            train_batch_size_per_learner=256,
+            # Replayed items per sampled step: 256 = one batch of 256 per env step.
+            training_intensity=256,
+            num_steps_sampled_before_learning_starts=1000,
+            lr=1e-4,
+            replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": 50_000},
+            double_q=True,
+            dueling=False,
+        )
+        .debugging(seed=0, log_level="ERROR")
+    )
+    ppo = (
+        PPOConfig()
+        .environment(ENV)
+        .env_runners(num_env_runners=0)
+        .rl_module(model_config={**MLP, "vf_share_layers": True})
+        .training(lr=3e-4, num_epochs=6, vf_loss_coeff=0.01)
+        .debugging(seed=0, log_level="ERROR")
+    )
+    if args.device == "cuda":
+        for config in (dqn, ppo):
+            config.learners(num_learners=0, num_gpus_per_learner=1)
+    staq = staq_config(args, 300, args.env_steps, args.grad_steps, 1)
+    runs = [
+        ("StaQ (M=300, 5000+5000/iter, 1 env)", staq, args.env_steps),
+        ("DQN (1 grad step of 256 per env step)", dqn, 1000),
+        ("PPO (RLlib CartPole settings)", ppo, 4000),
+    ]
+    print(
+        f"\n## End-to-end CartPole env-steps/s (each measured over >= {args.seconds:.0f} s "
+        f"after its warm-up; learner on {args.device})"
+    )
+    print("| algorithm | env-steps/s | grad-step batches of 256 per env step | ratio to DQN |")
+    print("|---|---|---|---|")
+    rates = {}
+    for name, config, warmup in runs:
+        algo = config.build_algo()
+        try:
+            rates[name] = env_steps_per_second(algo, args.seconds, warmup)
+        finally:
+            algo.stop()
+    dqn_rate = rates[runs[1][0]]["env_steps_per_s"]
+    for name, rate in rates.items():
+        # RLlib counts trained items; one gradient step of 256 trains 256.
+        batches = rate["trained_per_env_step"] / 256
+        print(
+            f"| {name} | {rate['env_steps_per_s']:.1f} | {batches:.2f} | "
+            f"{rate['env_steps_per_s'] / dqn_rate:.2f}x |",
+            flush=True,
+        )
+
+
+def rss_megabytes() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_memory(args) -> None:
+    stack_size = 300
+    config = staq_config(args, stack_size, 200, 50, 1)
+    algo = config.build_algo()
+    try:
+        prefill(algo, args.replay_fill, stack_size)
+        module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+        stack_params = sum(
+            module.stack_buffer(name).numel() for name in module.param_names
+        )
+        stack_mb = stack_params * 4 / 2**20
+        print(
+            f"\n## Memory: full M={stack_size} stack = {stack_size} x 2 members x "
+            f"{stack_params // (2 * stack_size):,} parameters x 4 bytes = {stack_mb:.0f} MiB "
+            f"(learner; an inference-only EnvRunner holds one more copy)"
+        )
+        readings: List[float] = []
+        for iteration in range(1, args.memory_iterations + 1):
+            algo.train()
+            readings.append(rss_megabytes())
+            if iteration in (1, 5, 10, 25, 50) or iteration == args.memory_iterations:
+                print(f"iteration {iteration:3d}: RSS {readings[-1]:.0f} MiB", flush=True)
+        tail = readings[len(readings) // 5 :]
+        print(
+            f"RSS growth from iteration {len(readings) // 5 + 1} to {len(readings)}: "
+            f"{tail[-1] - tail[0]:+.1f} MiB (min {min(tail):.0f}, max {max(tail):.0f})"
+        )
+    finally:
+        algo.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", default="all", choices=["all", "split", "acting", "e2e", "memory"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--stack-sizes", default="1,50,300")
+    parser.add_argument("--env-steps", type=int, default=5000)
+    parser.add_argument("--grad-steps", type=int, default=5000)
+    parser.add_argument("--split-num-envs", type=int, default=16,
+                        help="vector envs per EnvRunner in the split")
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations per M")
+    parser.add_argument("--replay-fill", type=int, default=50_000)
+    parser.add_argument("--num-envs", default="1,4,16", help="vector env counts for `acting`")
+    parser.add_argument("--acting-forwards", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=90.0, help="per algorithm in e2e")
+    parser.add_argument("--memory-iterations", type=int, default=50)
+    args = parser.parse_args()
+    args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
+    args.num_envs = [int(n) for n in args.num_envs.split(",")]
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    try:
+        parts = ["split", "acting", "e2e", "memory"] if args.part == "all" else [args.part]
+        for part in parts:
+            globals()[f"run_{part}"](args)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
