@@ -2,7 +2,7 @@
 
 Run with Tune (RLlib's example-script flags)::
 
-    python tuned_examples/cartpole_staq.py --as-test --stop-reward=-100
+    python tuned_examples/acrobot_staq.py --as-test --stop-reward=-100
 
 or without Tune, with a progress line per iteration and a final greedy evaluation::
 

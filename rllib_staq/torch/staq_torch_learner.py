@@ -59,8 +59,6 @@ from rllib_staq.torch.default_staq_torch_rl_module import (
 
 # Rows per chunk when evaluating the stack over the whole table (bounds memory).
 LOGITS_CHUNK = 1024
-# Replay states on which KL(pi_k || pi_{k+1}) and the entropy are measured.
-DIAGNOSTIC_SAMPLE = 1024
 REPLAY_STATE_KEY = "staq_transition_tables"
 FQI_TARGETS = "fqi_targets"
 
@@ -297,13 +295,12 @@ class StaQTorchLearner(TorchLearner):
         alpha, beta = pmd.pmd_step_sizes(config.kl_coeff, tau)
         correction = pmd.weight_correction(beta, config.stack_size, config.weight_correction)
 
-        probe_obs = table.filled(Columns.OBS)[
-            table.sample_indices(min(DIAGNOSTIC_SAMPLE, table.size), self._generator)
-        ]
-        logits_before = module.stack_logits(probe_obs)
+        # pi_k and pi_{k+1} at every stored next-state come from the cache (kept
+        # exact by the push), so the diagnostics need no stack pass.
+        sums = table.filled(NEXT_STACK_SUM)
+        logits_before = module.logit_scale * sums
         self._push_with_cache_update(module, table, alpha, beta, correction)
-        logits_after = module.stack_logits(probe_obs)
-
+        logits_after = module.logit_scale * sums
         log = self.metrics.log_value
         log((module_id, KL_NEW_OLD_KEY), pmd.categorical_kl(logits_before, logits_after).mean().item(), window=1)
         log((module_id, POLICY_ENTROPY_KEY), pmd.categorical_entropy(logits_after).mean().item(), window=1)
