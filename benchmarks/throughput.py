@@ -52,6 +52,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from rllib_staq import StaQConfig, pmd
+from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 
 ENV = "CartPole-v1"
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
@@ -225,9 +226,15 @@ def env_steps_per_second(algo, seconds: float, warmup_env_steps: int) -> Dict[st
 
 
 def _trained(result) -> float:
-    return result.get(LEARNER_RESULTS, {}).get("__all_modules__", {}).get(
-        NUM_ENV_STEPS_TRAINED_LIFETIME, 0
-    )
+    """Replayed items trained on so far (gradient steps x 256 for StaQ).
+
+    RLlib counts the batch given to each ``update()``: DQN's replayed minibatch,
+    but StaQ's new transitions, so StaQ's count comes from its step counter.
+    """
+    learner = result.get(LEARNER_RESULTS, {})
+    if NUM_GRAD_STEPS_KEY in learner.get(DEFAULT_MODULE_ID, {}):
+        return learner[DEFAULT_MODULE_ID][NUM_GRAD_STEPS_KEY] * 256
+    return learner.get("__all_modules__", {}).get(NUM_ENV_STEPS_TRAINED_LIFETIME, 0)
 
 
 def run_e2e(args) -> None:

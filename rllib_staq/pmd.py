@@ -92,6 +92,13 @@ def slots_newest_first(num_pushes: int, stack_size: int) -> list:
 # --------------------------------------------------------------------------- #
 # Stacked forward pass.
 # --------------------------------------------------------------------------- #
+# Batch size from which, on CPU, one small network per member beats batched
+# products (measured by benchmarks/stack_cost.py: crossover between 32 and 64
+# rows for the 2x256 MLP; torch's CPU bmm is several times slower than plain
+# GEMMs at large batches).
+CPU_MEMBER_LOOP_MIN_BATCH = 48
+
+
 def stacked_forward(
     obs: Tensor,
     conv_layers: Sequence[Tuple[Tensor, Tensor, int]],
@@ -101,7 +108,7 @@ def stacked_forward(
     member_coeffs: Tensor,
     activation: Callable[[Tensor], Tensor],
 ) -> Tensor:
-    """Weighted sum of S Q-networks in one batched pass: ``sum_s c_s Q_s(obs)``.
+    """Weighted sum of S Q-networks: ``sum_s c_s Q_s(obs)``, ``[B, A]``.
 
     Args:
         obs: ``[B, D]`` (MLP) or ``[B, C, H, W]`` (CNN), shared by all members.
@@ -111,17 +118,104 @@ def stacked_forward(
         member_coeffs: ``[S]``, the PMD weight of each member.
         activation: applied after every conv and dense layer (not the head).
 
-    Returns:
-        ``[B, A]``.
+    Both forms are exact (they differ by float rounding only); the faster one
+    is picked by device and batch size: :func:`batched_stacked_forward` (few
+    large kernels: GPUs, and small CPU batches such as acting) or
+    :func:`member_loop_stacked_forward` (large CPU batches).
+    """
+    if obs.device.type == "cpu" and obs.shape[0] >= CPU_MEMBER_LOOP_MIN_BATCH:
+        return member_loop_stacked_forward(
+            obs, conv_layers, dense_layers, head_weight, head_bias, member_coeffs, activation
+        )
+    return batched_stacked_forward(
+        obs, conv_layers, dense_layers, head_weight, head_bias, member_coeffs, activation
+    )
 
-    Why it is fast: all members share their input, so the first layer is one
-    matrix product (one convolution) with S times the output units; later
-    layers are batched matrix products (grouped convolutions); the weights
-    ``c_s`` are folded into the output layer so the weighted sum over members
-    is part of one last matrix product.
+
+def batched_stacked_forward(
+    obs: Tensor,
+    conv_layers: Sequence[Tuple[Tensor, Tensor, int]],
+    dense_layers: Sequence[Tuple[Tensor, Tensor]],
+    head_weight: Tensor,
+    head_bias: Tensor,
+    member_coeffs: Tensor,
+    activation: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """:func:`stacked_forward` with one kernel per layer for all members.
+
+    All members share their input, so the first layer is one matrix product
+    (one convolution) with S times the output units; later layers are batched
+    matrix products (grouped convolutions); the weights ``c_s`` are folded into
+    the output layer so the weighted sum over members is one last product.
     """
     batch = obs.shape[0]
     num_members = member_coeffs.shape[0]
+    hidden: Optional[Tensor] = None  # [S, B, H], contiguous (bmm copies strided input)
+    if conv_layers:
+        hidden = stacked_conv_features(obs, conv_layers, activation)
+    for weight, bias in dense_layers:
+        if hidden is None:
+            # First layer of an MLP: the input is shared -> one [B, D] x [D, S*H].
+            out_units = weight.shape[1]
+            flat = torch.addmm(
+                bias.reshape(-1),
+                obs,
+                weight.reshape(num_members * out_units, -1).t(),
+            )
+            hidden = flat.view(batch, num_members, out_units).transpose(0, 1).contiguous()
+        else:
+            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+        hidden = activation(hidden)
+    if hidden is None:
+        raise ValueError("A Q-network needs at least one hidden layer.")
+
+    # Output layer with the PMD weights folded in: [B, S*H] x [S*H, A].
+    scaled_head = head_weight * member_coeffs[:, None, None]  # [S, A, H]
+    flat_hidden = hidden.transpose(0, 1).reshape(batch, -1)  # [B, S*H]
+    flat_head = scaled_head.transpose(0, 1).reshape(head_weight.shape[1], -1)  # [A, S*H]
+    return torch.addmm(member_coeffs @ head_bias, flat_hidden, flat_head.t())
+
+
+def member_loop_stacked_forward(
+    obs: Tensor,
+    conv_layers: Sequence[Tuple[Tensor, Tensor, int]],
+    dense_layers: Sequence[Tuple[Tensor, Tensor]],
+    head_weight: Tensor,
+    head_bias: Tensor,
+    member_coeffs: Tensor,
+    activation: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """:func:`stacked_forward` as one small network per member (contiguous GEMMs).
+
+    The PMD weight of each member is folded into its head, which accumulates
+    into the logits in place.
+    """
+    logits = (member_coeffs @ head_bias).expand(obs.shape[0], -1).contiguous()  # [B, A]
+    scaled_head = head_weight * member_coeffs[:, None, None]  # [S, A, H]
+    for member in range(member_coeffs.shape[0]):
+        features = obs
+        for weight, bias, stride in conv_layers:
+            features = activation(F.conv2d(features, weight[member], bias[member], stride=stride))
+        features = features.flatten(1)
+        for weight, bias in dense_layers:
+            features = activation(F.linear(features, weight[member], bias[member]))
+        logits.addmm_(features, scaled_head[member].t())
+    return logits
+
+
+def stacked_conv_features(
+    obs: Tensor,
+    conv_layers: Sequence[Tuple[Tensor, Tensor, int]],
+    activation: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """The conv layers of S members in one pass each: ``[B, C, H, W] -> [S, B, F]``.
+
+    The first convolution sees the shared input, so it is one convolution with
+    S times the output channels; later ones are grouped convolutions (group s =
+    member s).
+    """
+    batch = obs.shape[0]
+    num_members = conv_layers[0][0].shape[0]
     features = obs
     for index, (weight, bias, stride) in enumerate(conv_layers):
         out_channels = weight.shape[1]
@@ -134,30 +228,7 @@ def stacked_forward(
             groups=1 if index == 0 else num_members,
         )
         features = activation(features)  # [B, S*out, H', W']
-
-    hidden: Optional[Tensor] = None  # [S, B, H]
-    if conv_layers:
-        hidden = features.reshape(batch, num_members, -1).transpose(0, 1)
-    for weight, bias in dense_layers:
-        if hidden is None:
-            # First layer of an MLP: the input is shared -> one [B, D] x [D, S*H].
-            out_units = weight.shape[1]
-            flat = torch.addmm(
-                bias.reshape(-1),
-                features,
-                weight.reshape(num_members * out_units, -1).t(),
-            )
-            hidden = flat.view(batch, num_members, out_units).transpose(0, 1)
-        else:
-            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
-        hidden = activation(hidden)
-    if hidden is None:
-        raise ValueError("A Q-network needs at least one hidden layer.")
-
-    # Output layer with the PMD weights folded in: [B, S*H] x [S*H, A].
-    scaled_head = head_weight * member_coeffs[:, None, None]  # [S, A, H]
-    logits = torch.einsum("sbh,sah->ba", hidden, scaled_head)
-    return logits + member_coeffs @ head_bias
+    return features.reshape(batch, num_members, -1).transpose(0, 1).contiguous()
 
 
 # --------------------------------------------------------------------------- #

@@ -151,3 +151,30 @@ def test_new_transitions_reuse_acting_stack_outputs(ray_session):
         assert (cached - exact).abs().max() / exact.abs().max() <= 1e-4
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("skip_nan_gradients", [False, True])
+def test_fqi_step_with_nan_gradients_zeroes_them_or_skips(ray_session, skip_nan_gradients):
+    """The FQI loop's one-check optimizer step keeps RLlib's nan/inf semantics."""
+    algo = (
+        tiny_config()
+        .framework(torch_skip_nan_gradients=skip_nan_gradients)
+        .build_algo()
+    )
+    try:
+        learner = _learner(algo)
+        params = list(learner._params.values())
+        before = [param.detach().clone() for param in params]
+        gradients = {ref: torch.ones_like(param) for ref, param in learner._params.items()}
+        first_ref = next(iter(gradients))
+        gradients[first_ref][0] = float("nan")
+        learner._apply_fqi_gradients(gradients)
+        after = [param.detach() for param in params]
+        assert all(torch.isfinite(param).all() for param in after)
+        changed = [not torch.equal(b, a) for b, a in zip(before, after)]
+        if skip_nan_gradients:
+            assert not any(changed)  # the whole step is skipped
+        else:
+            assert all(changed)  # nan entries zeroed, the step taken
+    finally:
+        algo.stop()

@@ -75,26 +75,35 @@ def _member_q(obs, dense, head, member):
     return h @ head[0][member].T + head[1][member]
 
 
+# Both exact forms, and the dispatcher below and at its CPU switch batch size.
+STACKED_FORMS = [pmd.batched_stacked_forward, pmd.member_loop_stacked_forward, pmd.stacked_forward]
+BATCHES = [5, pmd.CPU_MEMBER_LOOP_MIN_BATCH]
+
+
+@pytest.mark.parametrize("form", STACKED_FORMS)
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("num_members", [1, 4, 7])
-def test_stacked_forward_equals_weighted_sum_mlp(num_members):
+def test_stacked_forward_equals_weighted_sum_mlp(num_members, batch, form):
     dense, head = _random_mlp_stack(num_members)
-    obs = torch.randn(5, 4, dtype=torch.float64)
+    obs = torch.randn(batch, 4, dtype=torch.float64)
     coeffs = torch.rand(num_members, dtype=torch.float64)
-    got = pmd.stacked_forward(obs, [], dense, head[0], head[1], coeffs, torch.relu)
+    got = form(obs, [], dense, head[0], head[1], coeffs, torch.relu)
     expected = sum(coeffs[m] * _member_q(obs, dense, head, m) for m in range(num_members))
     torch.testing.assert_close(got, expected)
 
 
-def test_stacked_forward_equals_weighted_sum_cnn():
+@pytest.mark.parametrize("form", STACKED_FORMS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_stacked_forward_equals_weighted_sum_cnn(batch, form):
     members, gen = 3, torch.Generator().manual_seed(1)
     rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     conv = [(rand(members, 4, 2, 3, 3), rand(members, 4), 1), (rand(members, 5, 4, 2, 2), rand(members, 5), 2)]
-    obs = rand(6, 2, 7, 7)
+    obs = rand(batch, 2, 7, 7)
     feat = 5 * 2 * 2  # 7x7 -> 5x5 (k3) -> 2x2 (k2, stride 2)
     dense = [(rand(members, 8, feat), rand(members, 8))]
     head = (rand(members, 3, 8), rand(members, 3))
     coeffs = torch.rand(members, generator=gen, dtype=torch.float64)
-    got = pmd.stacked_forward(obs, conv, dense, head[0], head[1], coeffs, torch.relu)
+    got = form(obs, conv, dense, head[0], head[1], coeffs, torch.relu)
     expected = 0
     for m in range(members):
         x = obs

@@ -10,6 +10,7 @@ then pushes a frozen copy of the trainable ensemble onto the stack.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Tuple
 
 import torch
@@ -56,6 +57,8 @@ from rllib_staq.torch.default_staq_torch_rl_module import (
     QF_PREDS,
     QF_TARGET_NEXT_PREDS,
 )
+
+logger = logging.getLogger(__name__)
 
 # Rows per chunk when evaluating the stack over the whole table (bounds memory).
 LOGITS_CHUNK = 1024
@@ -206,19 +209,19 @@ class StaQTorchLearner(TorchLearner):
         mean_qs = torch.zeros_like(td_losses)
         # A host-side counter: reading the buffer each step would sync a GPU.
         grad_steps_before = int(module.num_grad_steps)
+        forward_train = self._fqi_forward_train(module_id)
         for step in range(config.grad_steps_per_iteration):
             indices = table.sample_indices(
                 config.train_batch_size_per_learner, self._generator
             )
             minibatch = table.gather(indices)
             minibatch[FQI_TARGETS] = self._fqi_target(module_id, module, minibatch, tau)
-            # Through the (possibly DDP-wrapped) module so gradients sync across learners.
-            fwd_out = self.module[module_id].forward_train(minibatch)
+            fwd_out = forward_train(minibatch)
             loss = self.compute_loss_for_module(
                 module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
             )
             gradients = self.compute_gradients({module_id: loss})
-            self.apply_gradients(self.postprocess_gradients(gradients))
+            self._apply_fqi_gradients(self.postprocess_gradients(gradients))
             td_losses[step] = loss.detach() / module.num_q_networks
             mean_qs[step] = fwd_out[QF_PREDS].detach().mean()
             if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
@@ -230,6 +233,48 @@ class StaQTorchLearner(TorchLearner):
         self.metrics.log_value((module_id, TD_LOSS_KEY), td_losses.mean().item(), window=1)
         self.metrics.log_value((module_id, MEAN_Q_KEY), mean_qs.mean().item(), window=1)
         return td_losses.mean()
+
+    def _fqi_forward_train(self, module_id: ModuleID):
+        """The training forward used at every FQI step.
+
+        A DDP-wrapped module must be called through its wrapper so that the
+        gradients sync across learners. A plain one is put in train mode once
+        here: RLModule.forward_train sets it again at every call, which walks
+        all submodules (~6% of a CPU step).
+        """
+        module = self._unwrapped(module_id)
+        if self.module[module_id] is not module:
+            return self.module[module_id].forward_train
+        module.train()
+        return module._forward_train
+
+    def _apply_fqi_gradients(self, gradients: Dict[str, torch.Tensor]) -> None:
+        """Optimizer step of one FQI minibatch, with one finiteness check in all.
+
+        RLlib's ``apply_gradients`` checks each gradient tensor for nan/inf, twice,
+        each check a host sync: 17% of a CPU step here and a pipeline stall per
+        tensor on a GPU. This does one check over all tensors and keeps RLlib's
+        behaviour: nan/inf entries are zeroed (``torch_skip_nan_gradients=False``,
+        the default) or the step is skipped (True). Torch LR schedulers and grad
+        scalers are left to RLlib's general path.
+        """
+        if self._grad_scalers is not None or self._lr_scheduler_classes is not None:
+            self.apply_gradients(gradients)
+            return
+        grads = [grad for grad in gradients.values() if grad is not None]
+        all_finite = bool(
+            torch.stack([torch.linalg.vector_norm(grad) for grad in grads]).isfinite().all()
+        )
+        if not all_finite:
+            if self.config.torch_skip_nan_gradients:
+                logger.warning("Skipping an FQI step with nan/inf gradients.")
+                return
+            logger.warning("Setting nan/inf entries of FQI gradients to zero.")
+        for param_ref, grad in gradients.items():
+            self._params[param_ref].grad = grad if all_finite else torch.nan_to_num(grad)
+        for module_id, optimizer_names in self._module_optimizers.items():
+            for optimizer_name in optimizer_names:
+                self.get_optimizer(module_id, optimizer_name).step()
 
     @override(TorchLearner)
     def compute_loss_for_module(
