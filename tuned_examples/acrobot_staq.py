@@ -6,9 +6,12 @@ Run with Tune (RLlib's example-script flags)::
 
 or without Tune, with a progress line per iteration and a final greedy evaluation::
 
-    python tuned_examples/cartpole_staq.py --no-tune --stop-timesteps=60000
+    python tuned_examples/acrobot_staq.py --no-tune --stop-timesteps=60000
 
-Expected result (measured, see README "Results"): see RESULT below.
+Measured (README "Results": 3 seeds, 440 s of one CPU core each, 36-41k env steps):
+the greedy return leaves -500 after 30-35k env steps on two seeds (best -106 and -187;
+third seed best -285); last evaluation -233 +- 89. The -100 target of ``--as-test`` is
+not reached at this budget (RLlib's DQN: -87 +- 6 after 71k env steps).
 """
 
 from ray.rllib.examples.utils import add_rllib_example_script_args

@@ -8,7 +8,10 @@ or without Tune, with a progress line per iteration and a final greedy evaluatio
 
     python tuned_examples/cartpole_staq.py --no-tune --stop-timesteps=60000
 
-Expected result (measured, see README "Results"): see RESULT below.
+Measured (README "Results": 3 seeds, 440 s of one CPU core each, 41k env steps):
+greedy return >= 195 after 5-10k env steps on every seed (best 242-271), then a plateau
+of 180-270; last evaluation 207 +- 28. The 475 target of ``--as-test`` is not reached at
+this budget (RLlib's DQN: 455 +- 45 after 71k env steps).
 """
 
 from ray.rllib.examples.utils import add_rllib_example_script_args
