@@ -7,9 +7,11 @@
 
 Every (grid point, seed) is one Tune trial using one CPU (``num_env_runners=0``),
 so trials run concurrently. The CSV holds one row per evaluation (greedy, 10
-episodes); the printed table gives, per grid point, the env steps at which each
-seed's greedy return first reached ``--threshold``, the mean of each seed's last
-three evaluations and the env-steps/s.
+episodes). The script prints each grid point's curves (greedy return per seed at
+every evaluation) and a table with the env steps at which each seed's greedy
+return first reached ``--threshold``, the mean of each seed's last three
+evaluations and the env-steps/s. ``--experiment DIR`` summarises a finished run
+(the folder the script prints) without training again.
 
 ``--algo dqn`` and ``--algo ppo`` run RLlib's built-in agents on the example's
 environment with the settings of RLlib's own CartPole examples (DQN: dueling
@@ -112,10 +114,28 @@ def trial_label(result, grid_keys: List[str]) -> str:
     return ", ".join(f"{key}={training.get(key)}" for key in grid_keys) or "default"
 
 
+def print_curves(by_label: Dict[str, Dict[int, List[Dict[str, Any]]]]) -> None:
+    """One column per seed: the greedy return at each evaluation."""
+    for label, seeds in by_label.items():
+        seed_ids = sorted(seeds)
+        returns = {
+            seed: {row["env_steps"]: row["eval_return"] for row in seeds[seed]}
+            for seed in seed_ids
+        }
+        print(f"\n{label}\n| env steps | " + " | ".join(f"seed {s}" for s in seed_ids) + " |")
+        print("|---" * (len(seed_ids) + 1) + "|")
+        for steps in sorted({steps for curve in returns.values() for steps in curve}):
+            cells = [returns[s].get(steps) for s in seed_ids]
+            print(f"| {steps:,} | " + " | ".join(
+                "" if cell is None else f"{cell:.0f}" for cell in cells
+            ) + " |")
+
+
 def summarise(rows: List[Dict[str, Any]], threshold: float) -> None:
     by_label: Dict[str, Dict[int, List[Dict[str, Any]]]] = {}
     for row in rows:
         by_label.setdefault(row["variant"], {}).setdefault(row["seed"], []).append(row)
+    print_curves(by_label)
     print(f"\n| variant | env steps to greedy >= {threshold:g} (per seed) | "
           "last-3-eval greedy return (mean ± std over seeds) | env-steps/s |")
     print("|---|---|---|---|")
@@ -132,6 +152,22 @@ def summarise(rows: List[Dict[str, Any]], threshold: float) -> None:
         )
 
 
+def run_trials(args, param_space, trainable):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per trial
+    # address="local": a new cluster even when another script runs one beside it.
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    stop = {ENV_STEPS: args.stop_timesteps}
+    if args.time_budget_s:
+        stop["time_total_s"] = args.time_budget_s
+    tuner = tune.Tuner(
+        trainable, param_space=param_space, run_config=tune.RunConfig(stop=stop, verbose=0)
+    )
+    results = tuner.fit()
+    print(f"Tune experiment folder (for --experiment): {results.experiment_path}")
+    ray.shutdown()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--example", default="cartpole_staq")
@@ -146,28 +182,22 @@ def main() -> None:
                         help="greedy return to report (default: the example's stop reward)")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=None, help="CSV path for the curves")
+    parser.add_argument("--experiment", default=None,
+                        help="summarise this finished Tune experiment folder instead of training")
     args = parser.parse_args()
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     args.grid = json.loads(args.grid)
     if args.threshold is None:
         args.threshold = load_example(args.example).parser.get_default("stop_reward")
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per trial
-    # address="local": a new cluster even when another script runs one beside it.
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    stop = {ENV_STEPS: args.stop_timesteps}
-    if args.time_budget_s:
-        stop["time_total_s"] = args.time_budget_s
     param_space = build_param_space(args)
-    tuner = tune.Tuner(
-        # The class, not RLlib's registry name: looking "DQN" up imports every
-        # RLlib algorithm (DreamerV3 needs Pillow).
-        param_space.algo_class,
-        param_space=param_space,
-        run_config=tune.RunConfig(stop=stop, verbose=0),
-    )
-    results = tuner.fit()
-    ray.shutdown()
+    # The class, not RLlib's registry name: looking "DQN" up imports every
+    # RLlib algorithm (DreamerV3 needs Pillow).
+    trainable = param_space.algo_class
+    if args.experiment:
+        results = tune.Tuner.restore(args.experiment, trainable=trainable).get_results()
+    else:
+        results = run_trials(args, param_space, trainable)
 
     rows = []
     label_prefix = f"{args.algo} {args.example.replace('_staq', '')}"
@@ -176,7 +206,10 @@ def main() -> None:
         if frame is None or EVAL_RETURN not in frame:
             print(f"trial {result.path}: no evaluation results ({result.error})")
             continue
+        # RLlib repeats an evaluation's results in the next iteration's result:
+        # keep the iterations that evaluated.
         frame = frame.dropna(subset=[EVAL_RETURN])
+        frame = frame[frame["training_iteration"] % result.config["evaluation_interval"] == 0]
         label = f"{label_prefix} {trial_label(result, list(args.grid))}"
         for _, record in frame.iterrows():
             rows.append({

@@ -12,7 +12,11 @@ from rllib_staq.staq import StaQ, StaQConfig
 
 def run_example(args: argparse.Namespace, build_config: Callable[..., StaQConfig]):
     """``--no-tune``: plain loop with progress and a final greedy evaluation;
-    otherwise RLlib's ``run_rllib_example_script_experiment`` (Tune)."""
+    otherwise RLlib's ``run_rllib_example_script_experiment`` (Tune).
+
+    The plain loop stops at ``--stop-timesteps`` env steps, or earlier once a
+    greedy evaluation reaches ``--stop-reward``.
+    """
     import ray
 
     config = build_config(num_env_runners=args.num_env_runners or 0)
@@ -29,7 +33,9 @@ def run_example(args: argparse.Namespace, build_config: Callable[..., StaQConfig
     ray.init(num_cpus=args.num_cpus or None, include_dashboard=False)
     try:
         algo = config.build_algo()
-        train_with_progress(algo, stop_timesteps=args.stop_timesteps)
+        train_with_progress(
+            algo, stop_timesteps=args.stop_timesteps, stop_reward=args.stop_reward
+        )
         final_return = evaluate_greedy(algo)
         if args.as_test and final_return < args.stop_reward:
             raise SystemExit(

@@ -29,17 +29,27 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
         .env_runners(num_env_runners=num_env_runners)
         .training(
             stack_size=50,
-            kl_coeff=20.0,
+            # Acrobot's first rewards come late: with the paper's KL weight (20)
+            # and 1000-step iterations, the policy stayed near uniform for 50k
+            # env steps on one of two seeds. A 4x larger mirror step (1/eta = 5)
+            # and twice as many iterations let it follow the Q-functions sooner.
+            kl_coeff=5.0,
             entropy_coeff=[[0, 2.0], [50_000, 0.4]],
             epsilon=0.05,
-            env_steps_per_iteration=1000,
-            grad_steps_per_iteration=1000,
+            env_steps_per_iteration=500,
+            grad_steps_per_iteration=500,
             train_batch_size_per_learner=256,
-            lr=1e-4,
+            # The paper's lr (1e-4) and target period (200) fit its 5M-step budget;
+            # at 50k steps, faster value propagation matters most (measured:
+            # README "Results").
+            lr=5e-4,
+            target_network_update_freq=100,
             replay_buffer_config={"capacity": 50_000},
         )
         .evaluation(
-            evaluation_interval=1,
+            # Greedy evaluation every 5000 env steps (10 episodes of up to 500
+            # steps each would otherwise cost more than the iteration itself).
+            evaluation_interval=10,
             evaluation_duration=10,
             evaluation_duration_unit="episodes",
             evaluation_config=StaQConfig.overrides(explore=False),

@@ -35,11 +35,17 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
             env_steps_per_iteration=1000,
             grad_steps_per_iteration=1000,
             train_batch_size_per_learner=256,
-            lr=1e-4,
+            # The paper's lr (1e-4) and target period (200) fit its 5M-step budget;
+            # at 50k steps, faster value propagation matters most (measured:
+            # README "Results").
+            lr=5e-4,
+            target_network_update_freq=100,
             replay_buffer_config={"capacity": 50_000},
         )
         .evaluation(
-            evaluation_interval=1,
+            # Greedy evaluation every 5000 env steps (10 episodes of up to 500
+            # steps each would otherwise cost more than the iteration itself).
+            evaluation_interval=5,
             evaluation_duration=10,
             evaluation_duration_unit="episodes",
             evaluation_config=StaQConfig.overrides(explore=False),
