@@ -21,6 +21,7 @@ import gymnasium as gym
 
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core import COMPONENT_LEARNER_GROUP
 from ray.rllib.core.learner import Learner
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 ENSEMBLE_TARGETS = ("mean", "min")
 REPLAY_BUFFER_STATE_KEY = "staq_replay_buffer"
+# How long a restore waits for an EnvRunner's earlier weight sync to finish.
+RESTORE_SYNC_TIMEOUT_S = 60.0
 
 
 class StaQConfig(AlgorithmConfig):
@@ -369,3 +372,26 @@ class StaQ(Algorithm):
         super().set_state(state)
         if REPLAY_BUFFER_STATE_KEY in state and self.local_replay_buffer is not None:
             self.local_replay_buffer.set_state(state[REPLAY_BUFFER_STATE_KEY])
+        if COMPONENT_LEARNER_GROUP in state:
+            self._sync_restored_stack_to_env_runners()
+
+    @override(Algorithm)
+    def restore_from_path(self, path, *args, **kwargs) -> None:
+        super().restore_from_path(path, *args, **kwargs)
+        self._sync_restored_stack_to_env_runners()
+
+    def _sync_restored_stack_to_env_runners(self) -> None:
+        """Makes remote EnvRunners act with the restored stack from their next call on.
+
+        RLlib's own sync after a restore is fire-and-forget, and RLlib drops it
+        for an EnvRunner that still has an earlier weight sync in flight (for
+        example the one from ``setup()`` while the runner starts;
+        ``max_requests_in_flight_per_env_runner`` is 1). The runner would then
+        act with the empty stack until the next iteration's sync. Waiting for the
+        syncs in flight before sending the stack again keeps it from being dropped.
+        """
+        self.env_runner_group.sync_weights(
+            from_worker_or_learner_group=self.learner_group,
+            inference_only=True,
+            timeout_seconds=RESTORE_SYNC_TIMEOUT_S,
+        )

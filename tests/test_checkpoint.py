@@ -1,5 +1,7 @@
 """Checkpoints restore the stack, networks, optimizer, counters and replay."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,33 @@ def test_restore_from_path_on_fresh_algorithm(trained_checkpoint):
         assert fresh.learner_group._learner._tables[MODULE_ID].filled(NEXT_STACK_SUM).shape == (300, 2)
     finally:
         fresh.stop()
+
+
+def test_restore_reaches_an_env_runner_busy_with_an_earlier_sync(trained_checkpoint):
+    """RLlib drops a weight sync to an EnvRunner with one still in flight.
+
+    Here an earlier "set_state" request is still running when the restore syncs
+    (as the build's own sync can be while a runner starts); the runner must
+    still act with the restored stack afterwards.
+    """
+    original, path = trained_checkpoint
+    algo = (
+        tiny_config(stack_size=2, store_buffer_in_checkpoints=True)
+        .env_runners(num_env_runners=1)
+        .build_algo()
+    )
+    try:
+        algo.env_runner_group.foreach_env_runner_async(
+            lambda runner: time.sleep(2.0), tag="set_state"
+        )
+        algo.restore_from_path(path)
+        obs = torch.randn(5, 4)
+        runner_logits = algo.env_runner_group.foreach_env_runner(
+            lambda runner: runner.module.stack_logits(obs), local_env_runner=False
+        )
+        torch.testing.assert_close(runner_logits[0], _module(original).stack_logits(obs))
+    finally:
+        algo.stop()
 
 
 def test_mismatched_checkpoint_raises_clear_error(trained_checkpoint):
