@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from rllib_staq.progress import metric_at
+from rllib_staq.progress import evaluated_this_iteration, metric_at
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
 
@@ -28,6 +28,8 @@ def greedy_return_within(config, env_steps, stop_return):
     try:
         for _ in range(-(-env_steps // config.env_steps_per_iteration)):
             result = algo.train()
+            if not evaluated_this_iteration(algo, result):
+                continue
             eval_return = metric_at(result, "evaluation", "env_runners", "episode_return_mean")
             best = max(best, eval_return)
             if eval_return >= stop_return:
