@@ -5,6 +5,7 @@
     python benchmarks/throughput.py --part acting --num-envs 1,4,16
     python benchmarks/throughput.py --part e2e --seconds 120
     python benchmarks/throughput.py --part memory --memory-iterations 50
+    python benchmarks/throughput.py --part optimizer
 
 Everything is measured side by side in one run, so ratios are comparable on a
 noisy machine. Parts:
@@ -22,6 +23,8 @@ noisy machine. Parts:
   RLlib's PPO (its CartPole settings), each after its warm-up. StaQ starts
   with an empty stack, so this measures early iterations.
 * ``memory``: process RSS over many iterations with a full M=300 stack.
+* ``optimizer``: FQI time per gradient step with the package's fused Adam
+  against torch's default Adam (RLlib's default optimizer), alternating.
 
 The learner and its stack go to the GPU when one is present (``--device auto``);
 EnvRunners act on the CPU.
@@ -43,6 +46,7 @@ from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     ENV_RUNNER_SAMPLING_TIMER,
@@ -55,6 +59,7 @@ from ray.rllib.utils.metrics import (
 
 from rllib_staq import StaQConfig, pmd
 from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
+from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
 ENV = "CartPole-v1"
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
@@ -339,9 +344,48 @@ def run_memory(args) -> None:
         algo.stop()
 
 
+class DefaultAdamStaQLearner(StaQTorchLearner):
+    """StaQ's learner with RLlib's default optimizer (torch's default Adam)."""
+
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        TorchLearner.configure_optimizers_for_module(self, module_id, config)
+
+
+def run_optimizer(args) -> None:
+    grad_steps = 1000
+    print(
+        f"\n## FQI ms per gradient step (batch 256, E=2, 2x256 MLP, replay {args.replay_fill}, "
+        f"learner on {args.device}): fused Adam (package) vs torch's default Adam; "
+        f"{args.iterations} rounds of one {grad_steps}-step iteration each, alternating"
+    )
+    variants = {"fused Adam (package)": StaQTorchLearner, "default Adam": DefaultAdamStaQLearner}
+    algos = {}
+    for name, learner_class in variants.items():
+        config = staq_config(args, 1, grad_steps, grad_steps, 1)
+        algos[name] = config.training(learner_class=learner_class).build_algo()
+    try:
+        for algo in algos.values():
+            prefill(algo, args.replay_fill, 1)
+            algo.train()  # warm-up
+        fqi_ms = {name: [] for name in algos}
+        for _ in range(args.iterations):
+            for name, algo in algos.items():
+                learner = algo.train()[LEARNER_RESULTS][DEFAULT_MODULE_ID]
+                fqi_ms[name].append(1000 * learner["fqi_phase_timer"] / grad_steps)
+    finally:
+        for algo in algos.values():
+            algo.stop()
+    print("| optimizer | FQI ms per gradient step (mean ± std) | ratio to default |")
+    print("|---|---|---|")
+    default = float(np.mean(fqi_ms["default Adam"]))
+    for name, values in fqi_ms.items():
+        print(f"| {name} | {np.mean(values):.3f} ± {np.std(values):.3f} | "
+              f"{np.mean(values) / default:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", default="all", choices=["all", "split", "acting", "e2e", "memory"])
+    parser.add_argument("--part", default="all", choices=["all", "split", "acting", "e2e", "memory", "optimizer"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stack-sizes", default="1,50,300")
     parser.add_argument("--env-steps", type=int, default=5000)
@@ -363,7 +407,7 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     try:
-        parts = ["split", "acting", "e2e", "memory"] if args.part == "all" else [args.part]
+        parts = ["split", "acting", "e2e", "memory", "optimizer"] if args.part == "all" else [args.part]
         for part in parts:
             globals()[f"run_{part}"](args)
     finally:

@@ -9,7 +9,7 @@ from ray.rllib.core.columns import Columns
 
 from conftest import tiny_config
 from rllib_staq import pmd
-from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_STACK_SUM
+from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_STACK_SUM, adam
 
 MODULE_ID = "default_policy"
 
@@ -178,3 +178,43 @@ def test_fqi_step_with_nan_gradients_zeroes_them_or_skips(ray_session, skip_nan_
             assert all(changed)  # nan entries zeroed, the step taken
     finally:
         algo.stop()
+
+
+def test_fqi_optimizer_is_fused_adam_with_the_configured_lr(algo):
+    optimizer = _learner(algo).get_optimizer(MODULE_ID)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.param_groups[0]["fused"]  # torch >= 2.4 has a CPU kernel
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(algo.config.lr)
+
+
+def test_fused_adam_takes_the_same_steps_as_default_adam():
+    torch.manual_seed(0)
+    fused_params = [torch.randn(16, 4, requires_grad=True), torch.randn(16, requires_grad=True)]
+    initial = [param.detach().clone() for param in fused_params]
+    default_params = [param.clone().requires_grad_() for param in initial]
+    fused, default = adam(fused_params, torch.device("cpu")), torch.optim.Adam(default_params)
+    for group in (*fused.param_groups, *default.param_groups):
+        group["lr"] = 1e-2
+    for _ in range(20):
+        grads = [torch.randn_like(param) for param in fused_params]
+        for params, optimizer in ((fused_params, fused), (default_params, default)):
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimizer.step()
+    assert not torch.equal(fused_params[0].detach(), initial[0])  # the steps moved it
+    for fused_param, default_param in zip(fused_params, default_params):
+        torch.testing.assert_close(fused_param, default_param, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_falls_back_to_default_where_torch_has_no_fused_kernel(monkeypatch):
+    original_adam = torch.optim.Adam
+
+    def adam_without_fused(params, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be ... supported devices")
+        return original_adam(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", adam_without_fused)
+    optimizer = adam([torch.zeros(3, requires_grad=True)], torch.device("cpu"))
+    assert isinstance(optimizer, original_adam)
+    assert not optimizer.param_groups[0]["fused"]

@@ -86,6 +86,24 @@ class StaQTorchLearner(TorchLearner):
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
 
+    @override(TorchLearner)
+    def configure_optimizers_for_module(self, module_id: ModuleID, config=None) -> None:
+        """Adam on the module's parameters, as RLlib's default, in torch's fused form.
+
+        The FQI loop takes one optimizer step per gradient step (5000 per
+        iteration at the paper's settings). torch's default Adam on CPU runs
+        about 5 small ops per parameter tensor; the fused kernel does one pass:
+        13% less time per FQI step here (``benchmarks/throughput.py --part
+        optimizer``). Same update rule; float rounding differs in the last bits.
+        """
+        params = self.get_parameters(self._module[module_id])
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=adam(params, self.device),
+            params=params,
+            lr_or_lr_schedule=config.lr,
+        )
+
     # ------------------------------------------------------------------ #
     # Per-module helpers.
     # ------------------------------------------------------------------ #
@@ -421,3 +439,16 @@ def _transition_columns(
         NEXT_STACK_SUM: next_sums.float(),
     }
     return columns, versions
+
+
+def adam(params, device: torch.device) -> torch.optim.Adam:
+    """``torch.optim.Adam`` in its fused implementation where torch has one for ``device``.
+
+    torch 2.4+ has fused Adam on CPU and CUDA; older versions (and other
+    devices) raise at construction and get the default implementation.
+    """
+    try:
+        return torch.optim.Adam(params, fused=True)
+    except RuntimeError:
+        logger.info("No fused Adam for %s in torch %s; using the default.", device, torch.__version__)
+        return torch.optim.Adam(params)
