@@ -93,8 +93,9 @@ class StaQTorchLearner(TorchLearner):
         The FQI loop takes one optimizer step per gradient step (5000 per
         iteration at the paper's settings). torch's default Adam on CPU runs
         about 5 small ops per parameter tensor; the fused kernel does one pass:
-        13% less time per FQI step here (``benchmarks/throughput.py --part
-        optimizer``). Same update rule; float rounding differs in the last bits.
+        10% less time per FQI step on 2 CPU cores (``benchmarks/throughput.py
+        --part optimizer``). Same update rule; float rounding differs in the
+        last bits.
         """
         params = self.get_parameters(self._module[module_id])
         self.register_optimizer(
