@@ -94,6 +94,21 @@ def test_exploration_probabilities_are_epsilon_softmax():
     torch.testing.assert_close(dist._dist.probs, expected)
 
 
+def test_exploration_actions_are_drawn_from_epsilon_softmax():
+    torch.manual_seed(0)
+    module = build_module(epsilon=0.3)
+    randomize_trainable(module, 1)
+    module.push_onto_stack(0.3, 0.9, 1.0)
+    obs = torch.randn(1, 4).expand(20_000, 4)  # one state, many draws
+    out = module.forward_exploration({Columns.OBS: obs}, t=0)
+    expected = 0.7 * torch.softmax(module.stack_logits(obs[:1]), -1)[0] + 0.3 / 3
+    frequencies = torch.bincount(out[Columns.ACTIONS], minlength=3) / obs.shape[0]
+    # 4 standard errors of a frequency at n = 20,000 is at most 0.015.
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+    taken = out[Columns.ACTION_DIST_INPUTS].gather(-1, out[Columns.ACTIONS][:, None])[:, 0]
+    torch.testing.assert_close(out[Columns.ACTION_LOGP], taken)
+
+
 def test_epsilon_schedule_follows_env_steps():
     module = build_module(epsilon=[[0, 1.0], [100, 0.0]])
     assert module.current_epsilon(0) == pytest.approx(1.0)

@@ -273,9 +273,17 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         self, batch: Dict[str, Any], t: Optional[int] = None, **kwargs
     ) -> Dict[str, Any]:
         logits, extra = self._acting_stack_outputs(batch[Columns.OBS])
-        # Epsilon-softmax as log-probabilities: RLlib's Categorical samples it.
         log_probs = pmd.epsilon_softmax_log_probs(logits, self.current_epsilon(t))
-        return {Columns.ACTION_DIST_INPUTS: log_probs, **extra}
+        # Sampled here, as DQN's module does: RLlib's GetActions connector would
+        # build a Categorical distribution per env step for the same draw (a
+        # fifth of the EnvRunner's time per step at M=1, one env).
+        actions = torch.multinomial(log_probs.exp(), 1, replacement=True).squeeze(-1)
+        return {
+            Columns.ACTIONS: actions,
+            Columns.ACTION_LOGP: log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1),
+            Columns.ACTION_DIST_INPUTS: log_probs,
+            **extra,
+        }
 
     def current_epsilon(self, t: Optional[int]) -> float:
         if t is None or not self._epsilon_schedule.use_schedule:
