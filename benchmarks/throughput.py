@@ -62,6 +62,7 @@ from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
 ENV = "CartPole-v1"
+PARTS = ["split", "acting", "e2e", "memory", "optimizer"]
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 
 
@@ -385,7 +386,8 @@ def run_optimizer(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", default="all", choices=["all", "split", "acting", "e2e", "memory", "optimizer"])
+    parser.add_argument("--part", default="all",
+                        choices=["all", *PARTS])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stack-sizes", default="1,50,300")
     parser.add_argument("--env-steps", type=int, default=5000)
@@ -407,7 +409,7 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     try:
-        parts = ["split", "acting", "e2e", "memory", "optimizer"] if args.part == "all" else [args.part]
+        parts = PARTS if args.part == "all" else [args.part]
         for part in parts:
             globals()[f"run_{part}"](args)
     finally:
