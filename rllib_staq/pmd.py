@@ -247,11 +247,10 @@ def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def epsilon_softmax_log_probs(logits: Tensor, epsilon: float) -> Tensor:
-    """log of ``(1-eps) * softmax(logits) + eps/|A|`` (the behaviour policy)."""
+def epsilon_softmax_probs(logits: Tensor, epsilon: float) -> Tensor:
+    """``(1-eps) * softmax(logits) + eps/|A|`` (the behaviour policy): ``[..., A]``."""
     num_actions = logits.shape[-1]
-    probs = torch.softmax(logits, dim=-1)
-    return torch.log((1.0 - epsilon) * probs + epsilon / num_actions)
+    return (1.0 - epsilon) * torch.softmax(logits, dim=-1) + epsilon / num_actions
 
 
 def scaled_entropy_coeff(entropy_coeff: float, num_actions: int, scale: bool) -> float:

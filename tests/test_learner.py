@@ -192,7 +192,7 @@ def test_fused_adam_takes_the_same_steps_as_default_adam():
     fused_params = [torch.randn(16, 4, requires_grad=True), torch.randn(16, requires_grad=True)]
     initial = [param.detach().clone() for param in fused_params]
     default_params = [param.clone().requires_grad_() for param in initial]
-    fused, default = adam(fused_params, torch.device("cpu")), torch.optim.Adam(default_params)
+    fused, default = adam(fused_params), torch.optim.Adam(default_params)
     for group in (*fused.param_groups, *default.param_groups):
         group["lr"] = 1e-2
     for _ in range(20):
@@ -215,6 +215,6 @@ def test_adam_falls_back_to_default_where_torch_has_no_fused_kernel(monkeypatch)
         return original_adam(params, **kwargs)
 
     monkeypatch.setattr(torch.optim, "Adam", adam_without_fused)
-    optimizer = adam([torch.zeros(3, requires_grad=True)], torch.device("cpu"))
+    optimizer = adam([torch.zeros(3, requires_grad=True)])
     assert isinstance(optimizer, original_adam)
     assert not optimizer.param_groups[0]["fused"]

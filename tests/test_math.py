@@ -180,7 +180,7 @@ def test_soft_sarsa_target_hand_computed():
 
 def test_epsilon_softmax_and_divergences():
     logits = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)
-    probs = pmd.epsilon_softmax_log_probs(logits, 0.1).exp()
+    probs = pmd.epsilon_softmax_probs(logits, 0.1)
     torch.testing.assert_close(probs, 0.9 * torch.softmax(logits, -1) + 0.1 / 3)
     assert pmd.categorical_kl(logits, logits).item() == pytest.approx(0.0, abs=1e-12)
     assert pmd.categorical_entropy(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))

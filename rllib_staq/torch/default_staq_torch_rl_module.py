@@ -273,11 +273,12 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         self, batch: Dict[str, Any], t: Optional[int] = None, **kwargs
     ) -> Dict[str, Any]:
         logits, extra = self._acting_stack_outputs(batch[Columns.OBS])
-        log_probs = pmd.epsilon_softmax_log_probs(logits, self.current_epsilon(t))
+        probs = pmd.epsilon_softmax_probs(logits, self.current_epsilon(t))
         # Sampled here, as DQN's module does: RLlib's GetActions connector would
         # build a Categorical distribution per env step for the same draw (13%
         # of the EnvRunner's time per env step at M=1, one env).
-        actions = torch.multinomial(log_probs.exp(), 1, replacement=True).squeeze(-1)
+        actions = torch.multinomial(probs, 1, replacement=True).squeeze(-1)
+        log_probs = probs.log()
         return {
             Columns.ACTIONS: actions,
             Columns.ACTION_LOGP: log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1),

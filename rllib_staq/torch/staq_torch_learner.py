@@ -100,7 +100,7 @@ class StaQTorchLearner(TorchLearner):
         params = self.get_parameters(self._module[module_id])
         self.register_optimizer(
             module_id=module_id,
-            optimizer=adam(params, self.device),
+            optimizer=adam(params),
             params=params,
             lr_or_lr_schedule=config.lr,
         )
@@ -442,8 +442,8 @@ def _transition_columns(
     return columns, versions
 
 
-def adam(params, device: torch.device) -> torch.optim.Adam:
-    """``torch.optim.Adam`` in its fused implementation where torch has one for ``device``.
+def adam(params) -> torch.optim.Adam:
+    """``torch.optim.Adam`` in its fused implementation where torch has one for the params' device.
 
     torch 2.4+ has fused Adam on CPU and CUDA; older versions (and other
     devices) raise at construction and get the default implementation.
@@ -451,5 +451,5 @@ def adam(params, device: torch.device) -> torch.optim.Adam:
     try:
         return torch.optim.Adam(params, fused=True)
     except RuntimeError:
-        logger.info("No fused Adam for %s in torch %s; using the default.", device, torch.__version__)
+        logger.info("No fused Adam in torch %s for this device; using the default.", torch.__version__)
         return torch.optim.Adam(params)
