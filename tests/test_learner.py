@@ -74,6 +74,47 @@ def test_loss_equals_hand_computed_soft_target(algo):
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
 
 
+def test_sampled_next_action_target_follows_pi_k(ray_session):
+    """The default target bootstraps from one a' drawn from pi_k at s', not the mean."""
+    algo = tiny_config(reward_scale=2.0).build_algo()  # expected_next_value=False
+    try:
+        learner = _learner(algo)
+        module = learner.module[MODULE_ID].unwrapped()
+        with torch.no_grad():
+            for param in module.target_q_nets.parameters():
+                param.normal_()
+        # Row 0: pi_k picks a' = 1 (numerically surely); row 1: pi_k = [0.5, 0.5].
+        logits = torch.tensor([[-60.0, 0.0], [0.0, 0.0]])
+        batch = {
+            Columns.REWARDS: torch.tensor([1.0, -1.0]),
+            Columns.TERMINATEDS: torch.tensor([0.0, 0.0]),
+            Columns.NEXT_OBS: torch.randn(2, 4),
+            NEXT_STACK_SUM: logits,
+        }
+        tau = 0.4
+        scale_before = module.logit_scale.clone()
+        module.logit_scale.fill_(1.0)
+        targets = torch.stack([learner._fqi_target(MODULE_ID, module, batch, tau) for _ in range(40)])
+        module.logit_scale.copy_(scale_before)
+        with torch.no_grad():
+            q_next = module.forward_target({Columns.OBS: batch[Columns.NEXT_OBS]})["qf_target_next_preds"].mean(0)
+
+        def target_for(next_actions):
+            return pmd.soft_sarsa_target(
+                batch[Columns.REWARDS], batch[Columns.TERMINATEDS], q_next, logits,
+                tau, 0.99, 2.0, next_actions=torch.tensor(next_actions),
+            )
+
+        torch.testing.assert_close(targets[:, 0], target_for([1, 1])[0].expand(40))
+        row1_values = torch.stack([target_for([1, 0])[1], target_for([1, 1])[1]])
+        assert (row1_values[0] - row1_values[1]).abs() > 1e-3
+        matches = (targets[:, 1:2] - row1_values).abs() < 1e-5  # [40, 2]
+        assert matches.any(1).all()  # every target bootstraps from one sampled action
+        assert matches.any(0).all()  # both actions are drawn
+    finally:
+        algo.stop()
+
+
 def test_one_update_is_one_staq_iteration(algo):
     module = _learner(algo).module[MODULE_ID].unwrapped()
     pushes, grad_steps = int(module.num_pushes), int(module.num_grad_steps)
