@@ -9,6 +9,7 @@ from ray.rllib.core.columns import Columns
 
 from conftest import tiny_config
 from rllib_staq import pmd
+from rllib_staq.torch.default_staq_torch_rl_module import QF_TARGET_NEXT_PREDS
 from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_STACK_SUM, adam
 
 MODULE_ID = "default_policy"
@@ -97,12 +98,13 @@ def test_sampled_next_action_target_follows_pi_k(ray_session):
         targets = torch.stack([learner._fqi_target(MODULE_ID, module, batch, tau) for _ in range(40)])
         module.logit_scale.copy_(scale_before)
         with torch.no_grad():
-            q_next = module.forward_target({Columns.OBS: batch[Columns.NEXT_OBS]})["qf_target_next_preds"].mean(0)
+            q_next = module.forward_target({Columns.OBS: batch[Columns.NEXT_OBS]})
+        q_next = q_next[QF_TARGET_NEXT_PREDS].mean(0)  # ensemble_target="mean"
 
         def target_for(next_actions):
             return pmd.soft_sarsa_target(
-                batch[Columns.REWARDS], batch[Columns.TERMINATEDS], q_next, logits,
-                tau, 0.99, 2.0, next_actions=torch.tensor(next_actions),
+                batch[Columns.REWARDS], batch[Columns.TERMINATEDS], q_next, logits, tau,
+                algo.config.gamma, algo.config.reward_scale, next_actions=torch.tensor(next_actions),
             )
 
         torch.testing.assert_close(targets[:, 0], target_for([1, 1])[0].expand(40))
