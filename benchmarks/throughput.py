@@ -22,7 +22,8 @@ noisy machine. Parts:
   update-to-data ratio and batch (one gradient step of 256 per env step) and
   RLlib's PPO (its CartPole settings), each after its warm-up. StaQ starts
   with an empty stack, so this measures early iterations.
-* ``memory``: process RSS over many iterations with a full M=300 stack.
+* ``memory``: process RSS over many iterations with a full M=300 stack and a full
+  replay (RLlib's episode buffer grows until it holds its capacity).
 * ``optimizer``: FQI time per gradient step with the package's fused Adam
   against torch's default Adam (RLlib's default optimizer), alternating.
 
@@ -315,11 +316,23 @@ def rss_megabytes() -> float:
 
 
 def run_memory(args) -> None:
+    """RSS over ``--memory-iterations`` iterations with a full stack and full replay.
+
+    RLlib's episode buffer stores every sampled step (observations and the
+    module's extra outputs as Python episode objects) until it holds its
+    capacity, so RSS grows while it fills. The part therefore sizes the replay
+    (RLlib buffer and learner table) with ``--memory-replay-capacity``, trains
+    until the RLlib buffer has evicted an episode (it is full), and measures
+    the iterations after that.
+    """
     stack_size = 300
-    config = staq_config(args, stack_size, 200, 50, 1)
+    capacity = args.memory_replay_capacity
+    config = staq_config(args, stack_size, 200, 50, 1).training(
+        replay_buffer_config={"capacity": capacity}
+    )
     algo = config.build_algo()
     try:
-        prefill(algo, args.replay_fill, stack_size)
+        prefill(algo, capacity, stack_size)
         module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
         stack_params = sum(
             module.stack_buffer(name).numel() for name in module.param_names
@@ -330,16 +343,24 @@ def run_memory(args) -> None:
             f"{stack_params // (2 * stack_size):,} parameters x 4 bytes = {stack_mb:.0f} MiB "
             f"(learner; an inference-only EnvRunner holds one more copy)"
         )
+        buffer = algo.local_replay_buffer
+        warmup = 0
+        while buffer.get_num_episodes_evicted() == 0:
+            algo.train()
+            warmup += 1
+        print(
+            f"RLlib replay buffer full ({buffer.get_num_timesteps()} of {capacity} env steps) "
+            f"after {warmup} warm-up iterations of 200 env + 50 gradient steps"
+        )
         readings: List[float] = []
         for iteration in range(1, args.memory_iterations + 1):
             algo.train()
             readings.append(rss_megabytes())
-            if iteration in (1, 5, 10, 25, 50) or iteration == args.memory_iterations:
+            if iteration in (1, 10, 25) or iteration % 50 == 0 or iteration == args.memory_iterations:
                 print(f"iteration {iteration:3d}: RSS {readings[-1]:.0f} MiB", flush=True)
-        tail = readings[len(readings) // 5 :]
         print(
-            f"RSS growth from iteration {len(readings) // 5 + 1} to {len(readings)}: "
-            f"{tail[-1] - tail[0]:+.1f} MiB (min {min(tail):.0f}, max {max(tail):.0f})"
+            f"RSS from iteration 1 to {len(readings)}: {readings[-1] - readings[0]:+.1f} MiB "
+            f"(min {min(readings):.0f}, max {max(readings):.0f})"
         )
     finally:
         algo.stop()
@@ -400,6 +421,8 @@ def main() -> None:
     parser.add_argument("--acting-forwards", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=90.0, help="per algorithm in e2e")
     parser.add_argument("--memory-iterations", type=int, default=50)
+    parser.add_argument("--memory-replay-capacity", type=int, default=5000,
+                        help="replay capacity for `memory` (the RLlib buffer is filled first)")
     args = parser.parse_args()
     args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
     args.num_envs = [int(n) for n in args.num_envs.split(",")]
