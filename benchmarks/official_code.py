@@ -136,7 +136,10 @@ def main() -> None:
     full.add_argument("--replay-rows", type=int, default=50_000)
     full.add_argument("--threads", type=int, default=2, help="as the official run() sets")
     args = parser.parse_args()
-    print_timings(args) if args.part == "timings" else time_full_stack(args)
+    if args.part == "timings":
+        print_timings(args)
+    else:
+        time_full_stack(args)
 
 
 if __name__ == "__main__":
