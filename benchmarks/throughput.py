@@ -26,6 +26,10 @@ noisy machine. Parts:
   replay (RLlib's episode buffer grows until it holds its capacity).
 * ``optimizer``: FQI time per gradient step with the package's fused Adam
   against torch's default Adam (RLlib's default optimizer), alternating.
+* ``contention``: FQI phase and iteration time for each torch thread setting,
+  on a quiet machine and beside ``--background-procs`` CPU-bound processes that
+  the script starts and stops itself; each setting runs in a fresh process
+  (OpenMP reads its wait policy once, at start-up).
 
 The learner and its stack go to the GPU when one is present (``--device auto``);
 EnvRunners act on the CPU.
@@ -63,7 +67,7 @@ from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
 ENV = "CartPole-v1"
-PARTS = ["split", "acting", "e2e", "memory", "optimizer"]
+PARTS = ["split", "acting", "e2e", "memory", "optimizer", "contention"]
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 
 
@@ -405,10 +409,90 @@ def run_optimizer(args) -> None:
               f"{np.mean(values) / default:.2f}x |")
 
 
+# label -> (intra_op_threads, extra environment variables)
+THREAD_SETTINGS = {
+    'package default ("auto": 1 thread)': ("auto", {}),
+    "2 threads (torch's default on 2 cores)": (2, {}),
+    "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "2 threads, GOMP_SPINCOUNT=10000": (2, {"GOMP_SPINCOUNT": "10000"}),
+}
+BURN_CPU = "while True: pass"
+
+
+def contention_worker(args) -> None:
+    """One thread setting in this fresh process: prints FQI and iteration seconds."""
+    config = staq_config(args, 1, args.contention_steps, args.contention_steps, 1)
+    setting = args.contention_threads
+    config.training(intra_op_threads=None if setting == "none" else
+                    (int(setting) if setting.isdigit() else setting))
+    algo = config.build_algo()
+    try:
+        prefill(algo, args.replay_fill, 1)
+        algo.train()  # warm-up
+        fqi, total = [], []
+        for _ in range(args.iterations):
+            start = time.perf_counter()
+            result = algo.train()
+            total.append(time.perf_counter() - start)
+            fqi.append(result[LEARNER_RESULTS][DEFAULT_MODULE_ID]["fqi_phase_timer"])
+    finally:
+        algo.stop()
+    print(f"CONTENTION {torch.get_num_threads()} {np.mean(fqi):.4f} {np.mean(total):.4f}",
+          flush=True)
+
+
+def _time_setting(intra_op_threads, extra_env: Dict[str, str], args) -> tuple:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(extra_env)
+    command = [
+        sys.executable, __file__, "--part", "contention-worker",
+        "--contention-threads", str(intra_op_threads).lower(),
+        "--contention-steps", str(args.contention_steps),
+        "--iterations", str(args.iterations), "--replay-fill", str(args.replay_fill),
+        "--device", args.device,
+    ]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    _, threads, fqi, total = next(
+        line for line in output.splitlines() if line.startswith("CONTENTION")
+    ).split()
+    return int(threads), float(fqi), float(total)
+
+
+def run_contention(args) -> None:
+    import subprocess
+    import sys
+
+    print(
+        f"\n## Contention: seconds per iteration of {args.contention_steps} env + "
+        f"{args.contention_steps} gradient steps (M=1, E=2, 2x256 MLP, 1 env, replay "
+        f"{args.replay_fill}), quiet vs beside {args.background_procs} CPU-bound process(es); "
+        f"mean of {args.iterations} after a warm-up, each setting in a fresh process"
+    )
+    print("| setting | threads | FQI quiet | FQI busy | FQI slowdown "
+          "| iteration quiet | iteration busy | iteration slowdown |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, (intra_op_threads, extra_env) in THREAD_SETTINGS.items():
+        threads, fqi_quiet, total_quiet = _time_setting(intra_op_threads, extra_env, args)
+        burners = [subprocess.Popen([sys.executable, "-c", BURN_CPU])
+                   for _ in range(args.background_procs)]
+        try:
+            _, fqi_busy, total_busy = _time_setting(intra_op_threads, extra_env, args)
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
+        print(f"| {label} | {threads} | {fqi_quiet:.2f} | {fqi_busy:.2f} | "
+              f"{fqi_busy / fqi_quiet:.2f}x | {total_quiet:.2f} | {total_busy:.2f} | "
+              f"{total_busy / total_quiet:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", default="all",
-                        choices=["all", *PARTS])
+                        choices=["all", *PARTS, "contention-worker"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stack-sizes", default="1,50,300")
     parser.add_argument("--env-steps", type=int, default=5000)
@@ -423,13 +507,25 @@ def main() -> None:
     parser.add_argument("--memory-iterations", type=int, default=50)
     parser.add_argument("--memory-replay-capacity", type=int, default=5000,
                         help="replay capacity for `memory` (the RLlib buffer is filled first)")
+    parser.add_argument("--background-procs", type=int, default=1,
+                        help="CPU-bound processes beside the timed one in `contention`")
+    parser.add_argument("--contention-steps", type=int, default=500,
+                        help="env steps and gradient steps per iteration in `contention`")
+    parser.add_argument("--contention-threads", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
     args.num_envs = [int(n) for n in args.num_envs.split(",")]
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
+    if args.part == "contention":  # Each setting runs in its own process.
+        return run_contention(args)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    if args.part == "contention-worker":
+        try:
+            return contention_worker(args)
+        finally:
+            ray.shutdown()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     try:
         parts = PARTS if args.part == "all" else [args.part]

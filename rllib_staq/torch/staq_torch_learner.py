@@ -29,7 +29,7 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.typing import ModuleID
 
-from rllib_staq import pmd
+from rllib_staq import pmd, threads
 from rllib_staq.connectors import AddNextStackSumsFromEpisodesToTrainBatch
 from rllib_staq.replay import TransitionTable
 from rllib_staq.staq_learner import (
@@ -69,6 +69,8 @@ FQI_TARGETS = "fqi_targets"
 class StaQTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
+        # A remote Learner is its own process (Ray sets its OMP_NUM_THREADS).
+        threads.apply_intra_op_threads(self.config.intra_op_threads)
         super().build()
         self.module.foreach_module(lambda mid, mod: mod.make_target_networks())
         self._learner_connector.insert_after(
