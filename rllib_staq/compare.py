@@ -299,6 +299,21 @@ def tidy_rows(result, label: str, env: str) -> list[dict]:
     ]
 
 
+def trial_seed(result):
+    """The seed of a trial, also when it failed before reporting its config."""
+    if result.config and "seed" in result.config:
+        return result.config["seed"]
+    match = re.search(r"seed=(\d+)", str(result.path))
+    return int(match.group(1)) if match else None
+
+
+def error_summary(error: BaseException) -> str:
+    """The exception's last line (RLlib wraps the cause in a long traceback)."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1].strip() if lines else ''}"
+
+
 def run_comparison(
     experiments: Sequence[Experiment],
     seeds: Sequence[int],
@@ -336,11 +351,11 @@ def run_comparison(
         for result in grid:
             rows.extend(tidy_rows(result, experiment.label, experiment.env))
             if result.error:
-                seed = result.config.get("seed") if result.config else None
-                failures.append((experiment.label, experiment.env, seed, repr(result.error)))
+                seed, error = trial_seed(result), error_summary(result.error)
+                failures.append((experiment.label, experiment.env, seed, error))
                 print_fn(
-                    f"FAILED trial {experiment.label} {experiment.env} seed {seed}: "
-                    f"{result.error!r}",
+                    f"FAILED trial {experiment.label} {experiment.env} seed {seed}: {error} "
+                    f"(full traceback under {result.path})",
                     flush=True,
                 )
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
@@ -554,12 +569,12 @@ def format_interval(point: float, low: float, high: float, digits: int = 1) -> s
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def compare_to_reference(reference_ci, other_ci) -> str:
+def compare_to_reference(reference: str, reference_ci, other_ci) -> str:
     """Where ``reference`` stands against another algorithm, from the two 95% CIs."""
     if reference_ci[1] > other_ci[2]:
-        return "higher (CIs disjoint)"
+        return f"{reference} higher (CIs disjoint)"
     if reference_ci[2] < other_ci[1]:
-        return "lower (CIs disjoint)"
+        return f"{reference} lower (CIs disjoint)"
     return "inside the CIs"
 
 
@@ -597,7 +612,7 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
         versus = (
             "-"
             if algo == reference or reference not in finals
-            else (compare_to_reference(final_ci[reference], final_ci[algo]))
+            else (compare_to_reference(reference, final_ci[reference], final_ci[algo]))
         )
         lines.append(
             f"| {algo} | {len(finals[algo])} | {format_interval(*final_ci[algo])} | "
@@ -694,7 +709,10 @@ def write_report(
         lines += environment_tables(
             done, env, env_algos, reference, thresholds.get(env, math.inf), random_scores[env]
         )
-    scores, reason = normalised_final_scores(done, envs, algos, random_scores)
+    if envs:
+        scores, reason = normalised_final_scores(done, envs, algos, random_scores)
+    else:
+        scores, reason = None, "no trial completed"
     lines += ["## Across envs (random-normalised final scores)", ""]
     if scores is None:
         lines += [f"Not drawn: {reason}.", ""]
