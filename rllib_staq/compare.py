@@ -548,7 +548,7 @@ def plot_aggregates(scores: dict[str, np.ndarray], reference: str, out: pathlib.
     pairs = {
         f"{reference},{other}": (scores[reference], scores[other])
         for other in scores
-        if other != reference
+        if other != reference and reference in scores
     }
     improvement = {}
     if pairs:
