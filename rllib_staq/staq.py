@@ -291,8 +291,11 @@ def validate_action_space(action_space: gym.Space) -> None:
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(
             "StaQ supports only a Discrete action space (allowed: gymnasium.spaces."
-            f"Discrete), got {action_space}. For continuous control, discretise the "
-            "actions (see the README)."
+            f"Discrete), got {action_space}. For a Box action space, wrap the env in "
+            "rllib_staq.DiscreteBoxActions (the paper's 2d+1 actions: midpoint, or one "
+            "dimension at its low or high bound), e.g. `tune.register_env('my-env', lambda "
+            "cfg: DiscreteBoxActions(gymnasium.make('Hopper-v5')))`; the paper's five robots "
+            "are registered as StaQ/Hopper-v5, ... (README \"Environments\")."
         )
 
 
