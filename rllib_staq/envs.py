@@ -127,8 +127,9 @@ def make_minatar(game: str, env_config: Mapping[str, Any]) -> gym.Env:
     import minatar.gym
 
     # gymnasium finds the MinAtar ids only after this has run in this process (remote
-    # EnvRunners included).
-    minatar.gym.register_envs()
+    # EnvRunners included); once is enough (again, gymnasium warns of overriding).
+    if f"MinAtar/{game}-v1" not in gym.registry:
+        minatar.gym.register_envs()
     game_kwargs = {
         key: env_config[key]
         for key in ("sticky_action_prob", "difficulty_ramping")

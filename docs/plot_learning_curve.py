@@ -1,0 +1,49 @@
+"""Plot the greedy-return curve of a ``benchmarks/learning_curves.py --out`` CSV as a PNG.
+
+    python docs/plot_learning_curve.py /tmp/curves.csv docs/lunarlander_staq.png \\
+        --title "StaQ, LunarLander-v3" --hline 200 --hline-label "target" --random -192
+"""
+
+import argparse
+import csv
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("csv")
+    parser.add_argument("png")
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--hline", type=float, default=None, help="target return")
+    parser.add_argument("--hline-label", default="target")
+    parser.add_argument("--random", type=float, default=None, help="random-policy return")
+    args = parser.parse_args()
+
+    curves = defaultdict(list)
+    with open(args.csv) as handle:
+        for row in csv.DictReader(handle):
+            curves[row["seed"]].append((int(row["env_steps"]), float(row["eval_return"])))
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for seed, points in sorted(curves.items()):
+        steps, returns = zip(*sorted(points))
+        axes.plot(steps, returns, marker="o", label=f"StaQ, seed {seed}")
+    if args.hline is not None:
+        axes.axhline(args.hline, color="tab:green", linestyle="--", label=args.hline_label)
+    if args.random is not None:
+        axes.axhline(args.random, color="grey", linestyle=":", label="random policy (issue 12)")
+    axes.set_xlabel("env steps")
+    axes.set_ylabel("greedy return (10 episodes)")
+    axes.set_title(args.title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(args.png, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
