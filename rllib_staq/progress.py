@@ -1,20 +1,45 @@
-"""Train with a compact progress display and a final greedy evaluation."""
+"""Train with a self-explaining progress display (one line per iteration).
+
+One plain line per iteration, under a header that names every column: the same
+text in a terminal, a log file and CI (a redrawn progress bar, as tqdm or rich
+draw it, turns into control characters or repeated lines there).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     EPISODE_RETURN_MEAN,
     EVALUATION_RESULTS,
+    LEARNER_RESULTS,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
 )
 
+from rllib_staq.staq_learner import (
+    KL_NEW_OLD_KEY,
+    MEAN_Q_KEY,
+    POLICY_ENTROPY_KEY,
+    STACK_FILL_KEY,
+    TD_LOSS_KEY,
+)
 
-def metric_at(result: Dict[str, Any], *keys, default=float("nan")):
+NAN = float("nan")
+
+# Why a run stopped (TrainingOutcome.stop_reason).
+STOP_TIMESTEPS = "env-step budget reached"
+STOP_ITERS = "iteration budget reached"
+STOP_REWARD = "greedy return reached --stop-reward"
+STOP_INTERRUPTED = "interrupted"
+
+
+def metric_at(result: Dict[str, Any], *keys, default=NAN):
     for key in keys:
         if not isinstance(result, dict) or key not in result:
             return default
@@ -22,43 +47,200 @@ def metric_at(result: Dict[str, Any], *keys, default=float("nan")):
     return result
 
 
+@dataclasses.dataclass
+class Budget:
+    """When training stops: whichever of the budgets is reached first."""
+
+    stop_timesteps: Optional[int] = None
+    stop_iters: Optional[int] = None
+    # Stop early once a fresh greedy evaluation reaches this return.
+    stop_reward: Optional[float] = None
+
+    def fraction_done(self, env_steps: int, iteration: int) -> float:
+        """Share of the budget spent: the larger of the env-step and iteration shares."""
+        shares = [0.0]
+        if self.stop_timesteps:
+            shares.append(env_steps / self.stop_timesteps)
+        if self.stop_iters:
+            shares.append(iteration / self.stop_iters)
+        return min(max(shares), 1.0)
+
+    def exhausted(self, env_steps: int, iteration: int) -> Optional[str]:
+        if self.stop_timesteps is not None and env_steps >= self.stop_timesteps:
+            return STOP_TIMESTEPS
+        if self.stop_iters is not None and iteration >= self.stop_iters:
+            return STOP_ITERS
+        return None
+
+
+@dataclasses.dataclass
+class IterationRecord:
+    """The per-iteration numbers a user keeps (one CSV row, one progress line)."""
+
+    iteration: int
+    env_steps: int
+    time_s: float
+    env_steps_per_s: float
+    training_return: float
+    # NaN unless this iteration ran a greedy evaluation (RLlib repeats old ones).
+    greedy_return: float
+    td_loss: float
+    mean_q: float
+    policy_entropy: float
+    kl_pi_k_pi_k_plus_1: float
+    stack_fill: int
+
+    @classmethod
+    def from_result(
+        cls, algo: Algorithm, result: Dict[str, Any], time_s: float, env_steps_per_s: float
+    ) -> "IterationRecord":
+        learner = metric_at(result, LEARNER_RESULTS, DEFAULT_MODULE_ID, default={})
+        greedy = NAN
+        if evaluated_this_iteration(algo, result):
+            greedy = metric_at(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+        return cls(
+            iteration=int(result["training_iteration"]),
+            env_steps=int(metric_at(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)),
+            time_s=time_s,
+            env_steps_per_s=env_steps_per_s,
+            training_return=metric_at(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN),
+            greedy_return=greedy,
+            td_loss=metric_at(learner, TD_LOSS_KEY),
+            mean_q=metric_at(learner, MEAN_Q_KEY),
+            policy_entropy=metric_at(learner, POLICY_ENTROPY_KEY),
+            kl_pi_k_pi_k_plus_1=metric_at(learner, KL_NEW_OLD_KEY),
+            stack_fill=int(metric_at(learner, STACK_FILL_KEY, default=0)),
+        )
+
+
+@dataclasses.dataclass
+class TrainingOutcome:
+    result: Dict[str, Any]
+    stop_reason: str
+    fraction_done: float
+    latest_greedy_return: float = NAN
+    latest_greedy_env_steps: int = 0
+
+
+# (header, width) of each column of the progress line.
+COLUMNS = (
+    ("done", 6),
+    ("iter", 5),
+    ("env steps", 9),
+    ("steps/s", 7),
+    ("ETA", 7),
+    ("train return", 12),
+    ("greedy return @ step", 20),
+    ("TD loss", 9),
+    ("H(pi)", 6),
+    ("KL", 8),
+    ("stack", 5),
+)
+
+
+def legend(algo: Algorithm) -> str:
+    config = algo.config
+    return (
+        "train return: mean over the latest episodes of the epsilon-softmax behaviour policy; "
+        "greedy return: latest argmax evaluation and the env step it was taken at; "
+        f"TD loss: on rewards x {config.reward_scale} (reward_scale), so it grows while Q-values "
+        "rise towards their fixed point, then falls; H(pi): policy entropy (nats); "
+        "KL: KL(pi_k || pi_k+1); stack: Q-networks in the stack per member; "
+        "done: share of the env-step or iteration budget, whichever is larger."
+    )
+
+
+def header() -> str:
+    return " | ".join(f"{name:>{width}}" for name, width in COLUMNS)
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(
+    record: IterationRecord, fraction: float, eta_s: float, greedy: str
+) -> str:
+    cells = (
+        f"{100 * fraction:5.1f}%",
+        f"{record.iteration}",
+        f"{record.env_steps}",
+        f"{record.env_steps_per_s:.0f}",
+        format_duration(eta_s),
+        f"{record.training_return:.2f}",
+        greedy,
+        f"{record.td_loss:.3f}",
+        f"{record.policy_entropy:.3f}",
+        f"{record.kl_pi_k_pi_k_plus_1:.4f}",
+        f"{record.stack_fill}",
+    )
+    return " | ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS))
+
+
+def eta_seconds(budget: Budget, fraction: float, elapsed_s: float) -> float:
+    if fraction <= 0.0:
+        return NAN
+    return elapsed_s * (1.0 - fraction) / fraction
+
+
 def train_with_progress(
     algo: Algorithm,
-    stop_timesteps: int,
-    stop_reward: Optional[float] = None,
-    print_fn=print,
-) -> Dict[str, Any]:
-    """Trains until ``stop_timesteps`` env steps (or a greedy evaluation >= ``stop_reward``).
+    budget: Budget,
+    print_fn: Callable[[str], None] = print,
+    on_iteration: Optional[Callable[[IterationRecord, Dict[str, Any]], None]] = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    verbose: bool = True,
+) -> TrainingOutcome:
+    """Trains until the budget is spent, a fresh greedy evaluation reaches
+    ``budget.stop_reward``, or ``should_stop()`` (checked between iterations).
 
-    Prints one line per iteration: env steps, training return (epsilon-softmax),
-    the latest greedy evaluation return and the env step it was taken at, TD
-    loss, policy entropy, stack fill.
+    Prints a header, a legend and one line per iteration (unless not ``verbose``);
+    ``on_iteration`` receives each :class:`IterationRecord` and the raw result.
     """
+    if verbose:
+        print_fn(legend(algo))
+        print_fn(header())
     start = time.time()
-    result: Dict[str, Any] = {}
-    env_steps = 0
-    latest_eval = f"{'-':>8} {'':8}"
-    while env_steps < stop_timesteps:
-        result = algo.train()
-        env_steps = metric_at(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)
-        learner = metric_at(result, "learners", "default_policy", default={})
-        eval_return = None
-        if evaluated_this_iteration(algo, result):
-            eval_return = metric_at(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
-            latest_eval = f"{eval_return:8.2f} @{int(env_steps):<7d}"
-        print_fn(
-            f"[{100 * min(env_steps / stop_timesteps, 1):5.1f}%] iter {result['training_iteration']:4d} "
-            f"| steps {int(env_steps):8d} "
-            f"| return {metric_at(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN):8.2f} "
-            f"| eval {latest_eval} "
-            f"| td {metric_at(learner, 'td_loss'):9.3f} "
-            f"| H(pi) {metric_at(learner, 'policy_entropy'):5.3f} "
-            f"| stack {int(metric_at(learner, 'stack_fill', default=0)):4d} "
-            f"| {time.time() - start:7.1f}s"
-        )
-        if stop_reward is not None and eval_return is not None and eval_return >= stop_reward:
+    outcome = TrainingOutcome(result={}, stop_reason=STOP_TIMESTEPS, fraction_done=0.0)
+    latest_greedy = f"{'-':>20}"
+    previous_steps, previous_time = 0, start
+    while True:
+        if should_stop():
+            outcome.stop_reason = STOP_INTERRUPTED
             break
-    return result
+        result = algo.train()
+        now = time.time()
+        env_steps = int(
+            metric_at(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)
+        )
+        record = IterationRecord.from_result(
+            algo, result, now - start, (env_steps - previous_steps) / max(now - previous_time, 1e-9)
+        )
+        previous_steps, previous_time = env_steps, now
+        outcome.result = result
+        outcome.fraction_done = budget.fraction_done(record.env_steps, record.iteration)
+        if not math.isnan(record.greedy_return):
+            outcome.latest_greedy_return = record.greedy_return
+            outcome.latest_greedy_env_steps = record.env_steps
+            latest_greedy = f"{record.greedy_return:.2f} @{record.env_steps}"
+        if on_iteration is not None:
+            on_iteration(record, result)
+        if verbose:
+            eta = eta_seconds(budget, outcome.fraction_done, now - start)
+            print_fn(progress_line(record, outcome.fraction_done, eta, latest_greedy))
+        reached = budget.stop_reward is not None and record.greedy_return >= budget.stop_reward
+        if reached:
+            outcome.stop_reason = STOP_REWARD
+            break
+        exhausted = budget.exhausted(record.env_steps, record.iteration)
+        if exhausted:
+            outcome.stop_reason = exhausted
+            break
+    return outcome
 
 
 def evaluated_this_iteration(algo: Algorithm, result: Dict[str, Any]) -> bool:
@@ -69,12 +251,3 @@ def evaluated_this_iteration(algo: Algorithm, result: Dict[str, Any]) -> bool:
     """
     interval = algo.config.evaluation_interval
     return bool(interval) and result["training_iteration"] % interval == 0
-
-
-def evaluate_greedy(algo: Algorithm, print_fn=print) -> float:
-    """Runs RLlib's evaluation (greedy argmax policy) once; returns the mean return."""
-    results = algo.evaluate()
-    mean_return = metric_at(results, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
-    episodes = metric_at(results, ENV_RUNNER_RESULTS, "num_episodes", default="?")
-    print_fn(f"Final greedy evaluation: mean return {mean_return:.2f} over {episodes} episodes")
-    return mean_return

@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -35,3 +36,24 @@ def tiny_config(**training):
         .training(**settings)
         .debugging(seed=0)
     )
+
+
+def tiny_evaluated_config():
+    """tiny_config with a greedy evaluation of one episode every 2 iterations."""
+    return tiny_config().evaluation(
+        evaluation_interval=2, evaluation_duration=1, evaluation_config={"explore": False}
+    )
+
+
+def cartpole_example():
+    """The CartPole tuned example as a module (its parser and build_config)."""
+    tuned_examples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tuned_examples")
+    if tuned_examples not in sys.path:
+        sys.path.insert(0, tuned_examples)
+    import cartpole_staq
+
+    return cartpole_staq
+
+
+def parse_example_flags(*argv):
+    return cartpole_example().parser.parse_args(list(argv))

@@ -75,28 +75,3 @@ def test_two_learners_keep_identical_stacks(ray_session):
             )
     finally:
         algo.stop()
-
-
-def test_progress_display_and_stop_at_reward(ray_session):
-    from rllib_staq.progress import train_with_progress
-
-    algo = tiny_config().evaluation(
-        evaluation_interval=2, evaluation_duration=1, evaluation_config={"explore": False}
-    ).build_algo()
-    lines = []
-    try:
-        result = train_with_progress(algo, stop_timesteps=1000, print_fn=lines.append)
-        assert len(lines) == 10 and result["training_iteration"] == 10
-        # Before the first evaluation there is none; later lines show the latest
-        # greedy return with the env step it was taken at.
-        assert "| eval        -          |" in lines[0]
-        assert "@200 " in lines[1] and "@200 " in lines[2] and "@400 " in lines[3]
-
-        # Any greedy return reaches -1: training stops at the next evaluation.
-        lines.clear()
-        result = train_with_progress(
-            algo, stop_timesteps=10_000, stop_reward=-1.0, print_fn=lines.append
-        )
-        assert result["training_iteration"] == 12 and len(lines) == 2
-    finally:
-        algo.stop()

@@ -13,11 +13,10 @@ episodes every 5000 env steps): greedy return >= -100 first at 20k, 20k and 25k 
 steps; -76.3 +- 4.7 over the last three evaluations (70-80k).
 """
 
-from ray.rllib.examples.utils import add_rllib_example_script_args
-
 from rllib_staq import StaQConfig
+from rllib_staq.cli import example_parser
 
-parser = add_rllib_example_script_args(default_reward=-100.0, default_timesteps=100_000)
+parser = example_parser(default_reward=-100.0, default_timesteps=100_000)
 
 
 def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
@@ -58,6 +57,6 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
 
 
 if __name__ == "__main__":
-    from rllib_staq.cli import run_example
+    from rllib_staq.cli import main
 
-    run_example(parser.parse_args(), build_config)
+    main(parser, build_config)

@@ -14,11 +14,10 @@ steps; 489.8 +- 14.5 over the last three evaluations (70-80k). ``--no-tune`` sto
 once a greedy evaluation reaches ``--stop-reward`` (475).
 """
 
-from ray.rllib.examples.utils import add_rllib_example_script_args
-
 from rllib_staq import StaQConfig
+from rllib_staq.cli import example_parser
 
-parser = add_rllib_example_script_args(default_reward=475.0, default_timesteps=100_000)
+parser = example_parser(default_reward=475.0, default_timesteps=100_000)
 
 
 def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
@@ -55,6 +54,6 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
 
 
 if __name__ == "__main__":
-    from rllib_staq.cli import run_example
+    from rllib_staq.cli import main
 
-    run_example(parser.parse_args(), build_config)
+    main(parser, build_config)

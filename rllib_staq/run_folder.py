@@ -1,0 +1,100 @@
+"""What a ``--no-tune`` run leaves behind: a CSV per iteration, a PNG curve, checkpoints.
+
+Layout of a run folder::
+
+    progress.csv            one row per iteration (IterationRecord's fields)
+    learning_curve.png      returns vs env steps; entropy and KL vs iterations
+    checkpoint/             the final Algorithm checkpoint (resume with Algorithm.from_checkpoint)
+    checkpoint_iter_000010/ periodic checkpoints (--checkpoint-freq)
+    rllib/                  RLlib's own result.json and params.json
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from typing import List
+
+from rllib_staq.progress import IterationRecord
+
+CSV_NAME = "progress.csv"
+CURVE_NAME = "learning_curve.png"
+FINAL_CHECKPOINT = "checkpoint"
+RLLIB_LOGS = "rllib"
+
+
+class RunFolder:
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.records: List[IterationRecord] = []
+        self._fields = [field.name for field in dataclasses.fields(IterationRecord)]
+        with open(self.csv_path, "w", newline="") as csv_file:
+            csv.writer(csv_file).writerow(self._fields)
+
+    @property
+    def csv_path(self) -> str:
+        return os.path.join(self.path, CSV_NAME)
+
+    @property
+    def curve_path(self) -> str:
+        return os.path.join(self.path, CURVE_NAME)
+
+    @property
+    def final_checkpoint_path(self) -> str:
+        return os.path.join(self.path, FINAL_CHECKPOINT)
+
+    @property
+    def rllib_log_path(self) -> str:
+        return os.path.join(self.path, RLLIB_LOGS)
+
+    def periodic_checkpoint_path(self, iteration: int) -> str:
+        return os.path.join(self.path, f"checkpoint_iter_{iteration:06d}")
+
+    def record(self, record: IterationRecord) -> None:
+        """Appends one row (flushed at once, so an interrupted run keeps its rows)."""
+        self.records.append(record)
+        row = dataclasses.astuple(record)
+        with open(self.csv_path, "a", newline="") as csv_file:
+            csv.writer(csv_file).writerow(["" if _is_nan(v) else v for v in row])
+
+    def plot(self, title: str) -> str:
+        """Writes the learning curve PNG; returns its path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r.env_steps for r in self.records]
+        iterations = [r.iteration for r in self.records]
+        greedy = [(r.env_steps, r.greedy_return) for r in self.records
+                  if not _is_nan(r.greedy_return)]
+        fig, (returns_ax, policy_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        returns_ax.plot(steps, [r.training_return for r in self.records],
+                        label="training return (epsilon-softmax)")
+        if greedy:
+            returns_ax.plot(*zip(*greedy), "o-", label="greedy return (evaluation)")
+        returns_ax.set_xlabel("env steps")
+        returns_ax.set_ylabel("episode return")
+        returns_ax.legend()
+        returns_ax.grid(alpha=0.3)
+        policy_ax.plot(iterations, [r.policy_entropy for r in self.records],
+                       color="tab:green", label="policy entropy H(pi)")
+        policy_ax.set_xlabel("iteration")
+        policy_ax.set_ylabel("entropy (nats)", color="tab:green")
+        kl_ax = policy_ax.twinx()
+        kl_ax.plot(iterations, [r.kl_pi_k_pi_k_plus_1 for r in self.records],
+                   color="tab:red", label="KL(pi_k || pi_k+1)")
+        kl_ax.set_ylabel("KL(pi_k || pi_k+1)", color="tab:red")
+        policy_ax.grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(self.curve_path, dpi=100)
+        plt.close(fig)
+        return self.curve_path
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
