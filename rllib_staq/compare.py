@@ -348,8 +348,11 @@ def run_comparison(
             max_concurrent_trials,
             print_fn,
         )
+        seeds_with_rows = set()
         for result in grid:
-            rows.extend(tidy_rows(result, experiment.label, experiment.env))
+            trial_rows = tidy_rows(result, experiment.label, experiment.env)
+            rows.extend(trial_rows)
+            seeds_with_rows |= {row["seed"] for row in trial_rows}
             if result.error:
                 seed, error = trial_seed(result), error_summary(result.error)
                 failures.append((experiment.label, experiment.env, seed, error))
@@ -358,6 +361,27 @@ def run_comparison(
                     f"(full traceback under {result.path})",
                     flush=True,
                 )
+        # A trial that died before its first result, or that Tune lost on a restore, has
+        # no rows and may carry no error: it is a failure too.
+        reported = {
+            seed
+            for label, env, seed, _ in failures
+            if (label, env) == (experiment.label, experiment.env)
+        }
+        for seed in sorted(set(seeds) - seeds_with_rows - reported):
+            failures.append(
+                (
+                    experiment.label,
+                    experiment.env,
+                    seed,
+                    "no evaluation results (the trial did not report any)",
+                )
+            )
+            print_fn(
+                f"FAILED trial {experiment.label} {experiment.env} seed {seed}: "
+                "no evaluation results",
+                flush=True,
+            )
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
     frame.to_csv(out / "curves.csv", index=False)
     return frame, failures
@@ -649,31 +673,39 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
     return lines + [""]
 
 
+def source_commit() -> str:
+    """The package's git commit, marked when its checkout has uncommitted changes."""
+
+    def git(*arguments) -> str:
+        return subprocess.run(
+            ["git", *arguments],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=pathlib.Path(__file__).resolve().parent,
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return f"{commit} with uncommitted changes" if changed else commit
+
+
 def run_header(command: Sequence[str]) -> list[str]:
     import ray
     import torch
 
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=pathlib.Path(__file__).resolve().parent,
-                check=False,
-            ).stdout.strip()
-            or "unknown"
-        )
-    except OSError:
-        commit = "unknown"
+    now = datetime.datetime.now(datetime.timezone.utc)
     return [
         "Command: `" + " ".join(command) + "`",
         "",
-        (
-            f"Date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, "
-            f"{platform.machine()} {os.cpu_count()} CPUs ({platform.platform()}), "
-            f"ray {ray.__version__}, torch {torch.__version__}, Python {platform.python_version()}."
-        ),
+        f"Date {now:%Y-%m-%d %H:%M} UTC, commit {source_commit()}, {platform.machine()} "
+        f"{os.cpu_count()} CPUs ({platform.platform()}), ray {ray.__version__}, "
+        f"torch {torch.__version__}, Python {platform.python_version()}.",
         "",
     ]
 
