@@ -40,6 +40,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.typing import LearningRateOrSchedule
 
+from rllib_staq import threads
 from rllib_staq.staq_learner import ITERATION_TIMER
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,9 @@ class StaQConfig(AlgorithmConfig):
         # refresh. Refreshing 1/300 of the table per iteration costs, at M=300,
         # about one pass of one ensemble over the whole table.
         self.exact_refresh_interval = 300
+        # One torch thread in the algorithm's process and its Learners, unless
+        # OMP_NUM_THREADS chooses (rllib_staq/threads.py says why).
+        self.intra_op_threads = "auto"
         # __sphinx_doc_end__
         # fmt: on
         # The stack is in buffers; never broadcast it at every DDP forward.
@@ -125,6 +129,7 @@ class StaQConfig(AlgorithmConfig):
         replay_buffer_config: Optional[Dict[str, Any]] = NotProvided,
         store_buffer_in_checkpoints: Optional[bool] = NotProvided,
         exact_refresh_interval: Optional[int] = NotProvided,
+        intra_op_threads: Optional[Union[int, str]] = NotProvided,
         **kwargs,
     ) -> "StaQConfig":
         """Sets StaQ's training settings (see the README's config table).
@@ -154,6 +159,9 @@ class StaQConfig(AlgorithmConfig):
                 cached next-state stack sums exactly from the full stack (pushes
                 update them incrementally), so each is exact again within this
                 many pushes.
+            intra_op_threads: torch intra-op threads in the algorithm's process
+                and in each Learner: "auto" (1, unless ``OMP_NUM_THREADS`` is
+                set), an int >= 1, or None to leave torch's setting alone.
         """
         super().training(**kwargs)
         settings = dict(
@@ -173,6 +181,7 @@ class StaQConfig(AlgorithmConfig):
             expected_next_value=expected_next_value,
             store_buffer_in_checkpoints=store_buffer_in_checkpoints,
             exact_refresh_interval=exact_refresh_interval,
+            intra_op_threads=intra_op_threads,
         )
         for name, value in settings.items():
             if value is not NotProvided:
@@ -231,6 +240,8 @@ class StaQConfig(AlgorithmConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 error(name, "an int >= 1", value)
+        if not threads.is_valid_setting(self.intra_op_threads):
+            error("intra_op_threads", '"auto", an int >= 1 or None', self.intra_op_threads)
         if not 0.0 < self.tau <= 1.0:
             error("tau", "in (0, 1] (1.0 = hard target copy)", self.tau)
         if not 0.0 <= self.gamma <= 1.0:
@@ -310,6 +321,8 @@ class StaQ(Algorithm):
     @override(Algorithm)
     def setup(self, config: AlgorithmConfig) -> None:
         self._check_env_action_space(config)
+        # Before any network is built here (local Learner and EnvRunners).
+        threads.apply_intra_op_threads(config.intra_op_threads)
         super().setup(config)
 
     def _check_env_action_space(self, config: AlgorithmConfig) -> None:
