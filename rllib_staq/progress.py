@@ -139,14 +139,18 @@ COLUMNS = (
 
 
 def legend(algo: Algorithm) -> str:
-    config = algo.config
-    return (
-        "train return: mean over the latest episodes of the epsilon-softmax behaviour policy; "
-        "greedy return: latest argmax evaluation and the env step it was taken at; "
-        f"TD loss: on rewards x {config.reward_scale} (reward_scale), so it grows while Q-values "
-        "rise towards their fixed point, then falls; H(pi): policy entropy (nats); "
-        "KL: KL(pi_k || pi_k+1); stack: Q-networks in the stack per member; "
-        "done: share of the env-step or iteration budget, whichever is larger."
+    """What each column means, one line per column group."""
+    return "\n".join(
+        (
+            "Columns:",
+            "  done: share of the env-step or iteration budget spent (whichever is larger)",
+            "  train return: mean return of the latest episodes of the epsilon-softmax "
+            "behaviour policy",
+            "  greedy return @ step: latest argmax evaluation, and the env step it ran at",
+            f"  TD loss: on rewards x {algo.config.reward_scale} (reward_scale); it grows while "
+            "the Q-values rise towards their fixed point, then falls",
+            "  H(pi): policy entropy (nats); KL: KL(pi_k || pi_k+1); stack: Q-networks per member",
+        )
     )
 
 

@@ -112,7 +112,7 @@ def test_progress_display_explains_itself_and_stops_at_reward(ray_session):
         outcome = train_with_progress(algo, Budget(stop_timesteps=1000), print_fn=lines.append)
         assert outcome.result["training_iteration"] == 10 and outcome.stop_reason == STOP_TIMESTEPS
         legend, head, rows = lines[0], lines[1], lines[2:]
-        assert "epsilon-softmax" in legend and "reward_scale" in legend
+        assert "epsilon-softmax" in legend and "reward_scale" in legend and "\n" in legend
         assert head == header()
         for column in ("done", "env steps", "steps/s", "ETA", "train return", "greedy return"):
             assert column in head

@@ -21,6 +21,12 @@ from rllib_staq import cli
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def ray_results_entries() -> set:
+    from ray.train.constants import DEFAULT_STORAGE_PATH
+
+    return set(os.listdir(DEFAULT_STORAGE_PATH)) if os.path.isdir(DEFAULT_STORAGE_PATH) else set()
+
+
 def test_no_tune_run_writes_csv_curve_checkpoints_and_evaluates_on_new_seeds(tmp_path):
     from ray.rllib.algorithms.algorithm import Algorithm
 
@@ -30,10 +36,13 @@ def test_no_tune_run_writes_csv_curve_checkpoints_and_evaluates_on_new_seeds(tmp
         "--run-dir", str(run_dir), "--final-eval-episodes", "3", "--num-cpus", "2",
     )
     lines = []
+    ray_results_before = ray_results_entries()
     status = cli.run_without_tune(
         cli.apply_example_flags(tiny_evaluated_config(), args), args, print_fn=lines.append
     )
     assert status == 0
+    # RLlib's Trainable made an empty folder under ~/ray_results; the run removed it.
+    assert ray_results_entries() == ray_results_before
     with open(run_dir / "progress.csv") as csv_file:
         rows = list(csv.DictReader(csv_file))
     assert [int(row["iteration"]) for row in rows] == [1, 2, 3, 4]
