@@ -17,12 +17,11 @@ step at M=1). Greedy evaluation of 10 episodes every 10k env steps.
 Measured: see docs/results_environments.md (1 seed on a shared 2-core CPU).
 """
 
-from ray.rllib.examples.utils import add_rllib_example_script_args
-
 from rllib_staq import StaQConfig
+from rllib_staq.cli import example_parser
 from rllib_staq.envs import require_extra
 
-parser = add_rllib_example_script_args(default_reward=200.0, default_timesteps=300_000)
+parser = example_parser(default_reward=200.0, default_timesteps=300_000)
 
 
 def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
@@ -59,6 +58,6 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
 
 
 if __name__ == "__main__":
-    from rllib_staq.cli import run_example
+    from rllib_staq.cli import main
 
-    run_example(parser.parse_args(), build_config)
+    main(parser, build_config)

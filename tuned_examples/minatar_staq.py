@@ -13,11 +13,20 @@ registered ``StaQ/MinAtar-<Game>-v1`` (``rllib_staq/envs.py``: float32 observati
 ``(10, 10, C)``, ``TimeLimit(5000)``, MinAtar's sticky actions 0.1 and difficulty ramping).
 
 Settings: the paper's MinAtar ones (its CNN, conv 16x3x3 -> dense 128, which is the module's
-default for image observations; reward scale 200; 1/eta = 20; epsilon 0.05; batch 256; one
-gradient step per env step; replay 50,000), scaled to a CPU budget of 500k env steps: tau
-annealed over 100k env steps (the paper: 1M of 5M, the same fifth of the run), M = 50 (the
-paper: 300; acting cost grows with M), 1000-step iterations (the paper: 5000), 8 vector envs,
-and CartPole's tuned lr (5e-4) and target period (100).
+default for image observations; reward scale 200; 1/eta = 20; epsilon 0.05; batch 256; replay
+50,000), scaled to a CPU budget:
+
+- 250 gradient steps per 1000 env steps (the paper: one per env step). On the shared 2-core
+  CPU one FQI step of the CNN ensemble took about 37 ms (RLlib's smoothed learner timer,
+  which may include the first iteration's warm-up) and acting 4.9 ms per env step (M = 50,
+  16 vector envs; ``docs/time_minatar_acting.py``), so the paper's ratio would cost about
+  42 ms per env step (500k env steps: about 6 hours); this one about 14 ms. It still replays 64
+  samples per env step, twice MinAtar's DQN (batch 32 every step).
+- M = 50 (the paper: 300): acting passes through every member.
+- 16 vector envs: acting cost 20.3, 10.1 and 4.9 ms per env step with 1, 8 and 16 envs.
+- tau annealed over 100k env steps (the paper: 1M of 5M, the same fifth of a 500k run),
+  1000-step iterations (the paper: 5000), CartPole's tuned lr (5e-4) and target period (100).
+
 Greedy evaluation of 10 episodes every 20k env steps.
 
 Targets of issue 12 for the greedy return at 500k env steps: Asterix >= 5, Breakout >= 6,
@@ -27,9 +36,8 @@ docs/results_environments.md (Breakout only, 1 seed, shared 2-core CPU; the othe
 
 import functools
 
-from ray.rllib.examples.utils import add_rllib_example_script_args
-
 from rllib_staq import StaQConfig
+from rllib_staq.cli import example_parser
 from rllib_staq.envs import MINATAR_GAMES, minatar_env_name, require_extra
 
 # The issue's target greedy returns at 500k env steps; --stop-reward defaults to the game's.
@@ -41,7 +49,7 @@ TARGET_RETURNS = {
     "SpaceInvaders": 15.0,
 }
 
-parser = add_rllib_example_script_args(default_reward=None, default_timesteps=500_000)
+parser = example_parser(default_reward=None, default_timesteps=500_000)
 parser.add_argument(
     "--game", choices=MINATAR_GAMES, default="Breakout", help="MinAtar game (default: Breakout)."
 )
@@ -55,7 +63,7 @@ def build_config(num_env_runners: int = 0, seed: int = 0, game: str = "Breakout"
     return (
         StaQConfig()
         .environment(minatar_env_name(game))
-        .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=8)
+        .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=16)
         .training(
             stack_size=50,
             kl_coeff=20.0,
@@ -63,7 +71,7 @@ def build_config(num_env_runners: int = 0, seed: int = 0, game: str = "Breakout"
             epsilon=0.05,
             reward_scale=200.0,
             env_steps_per_iteration=1000,
-            grad_steps_per_iteration=1000,
+            grad_steps_per_iteration=250,
             train_batch_size_per_learner=256,
             lr=5e-4,
             target_network_update_freq=100,
@@ -80,9 +88,8 @@ def build_config(num_env_runners: int = 0, seed: int = 0, game: str = "Breakout"
 
 
 if __name__ == "__main__":
-    from rllib_staq.cli import run_example
+    from rllib_staq.cli import main
 
-    args = parser.parse_args()
-    if args.stop_reward is None:
-        args.stop_reward = TARGET_RETURNS[args.game]
-    run_example(args, functools.partial(build_config, game=args.game))
+    game = parser.parse_known_args()[0].game
+    parser.set_defaults(stop_reward=TARGET_RETURNS[game])
+    main(parser, functools.partial(build_config, game=game))

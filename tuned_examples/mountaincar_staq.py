@@ -17,11 +17,10 @@ public budgets; issue 12 sets the target -150 within 300k env steps).
 Measured: not yet (docs/results_environments.md says why).
 """
 
-from ray.rllib.examples.utils import add_rllib_example_script_args
-
 from rllib_staq import StaQConfig
+from rllib_staq.cli import example_parser
 
-parser = add_rllib_example_script_args(default_reward=-150.0, default_timesteps=300_000)
+parser = example_parser(default_reward=-150.0, default_timesteps=300_000)
 
 
 def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
@@ -55,6 +54,6 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
 
 
 if __name__ == "__main__":
-    from rllib_staq.cli import run_example
+    from rllib_staq.cli import main
 
-    run_example(parser.parse_args(), build_config)
+    main(parser, build_config)

@@ -28,12 +28,11 @@ infinity, so runs stop at ``--stop-timesteps``.
 
 import functools
 
-from ray.rllib.examples.utils import add_rllib_example_script_args
-
 from rllib_staq import StaQConfig
+from rllib_staq.cli import example_parser
 from rllib_staq.envs import MUJOCO_ROBOTS, mujoco_env_name, require_extra
 
-parser = add_rllib_example_script_args(default_reward=float("inf"), default_timesteps=300_000)
+parser = example_parser(default_reward=float("inf"), default_timesteps=300_000)
 parser.add_argument(
     "--robot", choices=MUJOCO_ROBOTS, default="Hopper", help="MuJoCo robot (default: Hopper)."
 )
@@ -71,7 +70,6 @@ def build_config(num_env_runners: int = 0, seed: int = 0, robot: str = "Hopper")
 
 
 if __name__ == "__main__":
-    from rllib_staq.cli import run_example
+    from rllib_staq.cli import main
 
-    args = parser.parse_args()
-    run_example(args, functools.partial(build_config, robot=args.robot))
+    main(parser, functools.partial(build_config, robot=parser.parse_known_args()[0].robot))
