@@ -190,9 +190,9 @@ def experiment_name(experiment: Experiment) -> str:
 class ProgressReporter(Callback):
     """A Tune callback printing each trial's progress and every failure with its error."""
 
-    def __init__(self, label: str, env: str, stop_timesteps: int, print_fn=print):
+    def __init__(self, label: str, env: str, stop_timesteps: int):
+        # No print function is kept: Tune pickles its callbacks with the experiment.
         self.label, self.env, self.stop = label, env, stop_timesteps
-        self.print_fn = print_fn
         self.latest_greedy: dict[str, str] = {}
 
     def _states(self, trials) -> str:
@@ -205,7 +205,7 @@ class ProgressReporter(Callback):
             greedy = metric_at(result, "evaluation", "env_runners", "episode_return_mean")
             self.latest_greedy[trial.trial_id] = f"{greedy:8.2f} @{steps}"
         training = metric_at(result, "env_runners", "episode_return_mean")
-        self.print_fn(
+        print(
             f"[{self.label} {self.env} seed {trial.config.get('seed')}] "
             f"{100 * min(steps / self.stop, 1):5.1f}% steps {steps:7d} "
             f"| train {training:8.2f} "
@@ -215,7 +215,7 @@ class ProgressReporter(Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.print_fn(
+        print(
             f"[{self.label} {self.env} seed {trial.config.get('seed')}] FAILED: "
             f"{trial_error_text(trial)}",
             flush=True,
@@ -250,7 +250,7 @@ def run_experiment(
     trainable = config.algo_class
     name = experiment_name(experiment)
     path = storage / name
-    reporter = ProgressReporter(experiment.label, experiment.env, stop_timesteps, print_fn)
+    reporter = ProgressReporter(experiment.label, experiment.env, stop_timesteps)
     if tune.Tuner.can_restore(str(path)):
         print_fn(f"Restoring {path} (finished trials are kept)", flush=True)
         tuner = tune.Tuner.restore(
@@ -434,10 +434,11 @@ def score_grid(frame, algo: str, env: str):
 def iqm_band(returns: np.ndarray, seed: int = 0):
     """IQM over seeds at each evaluation and its 95% stratified-bootstrap band."""
     from rliable import library as rly
-    from rliable import metrics
+    from scipy import stats
 
     def per_evaluation_iqm(scores):  # scores [runs, T]
-        return np.array([metrics.aggregate_iqm(scores[:, t]) for t in range(scores.shape[1])])
+        # rliable's aggregate_iqm (trim_mean of 25%) taken along the runs axis.
+        return stats.trim_mean(scores, proportiontocut=0.25, axis=0)
 
     points, intervals = rly.get_interval_estimates(
         {"x": returns},
@@ -613,7 +614,7 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
         measures[algo] = {
             name: np.array([run[name] for run in per_run]) for name in reliability.MEASURES
         }
-    final_ci = reliability.interval_over_runs(finals, statistic="mean")
+    final_ci = reliability.interval_over_runs(finals, statistic="mean", reps=BOOTSTRAP_REPS)
     lines += [
         f"### {env}",
         "",
@@ -661,7 +662,9 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
         "|---|---|---|---|---|",
     ]
     intervals = {
-        name: reliability.interval_over_runs({a: measures[a][name] for a in algos})
+        name: reliability.interval_over_runs(
+            {a: measures[a][name] for a in algos}, reps=BOOTSTRAP_REPS
+        )
         for name in reliability.MEASURES
     }
     for algo in algos:

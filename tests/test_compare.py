@@ -1,0 +1,339 @@
+"""The comparison command: argument errors, the analysis on known curves, a tiny real run."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rllib_staq import ablate, compare, presets
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+TINY_CONFIGS = """
+from ray.rllib.algorithms.dqn import DQNConfig
+
+from rllib_staq import StaQConfig
+
+
+def build_config(algo, env):
+    if algo == "StaQ":
+        return (
+            StaQConfig().environment(env)
+            .rl_module(model_config={"fcnet_hiddens": [16, 16]})
+            .training(stack_size=3, env_steps_per_iteration=100, grad_steps_per_iteration=10,
+                      train_batch_size_per_learner=32, replay_buffer_config={"capacity": 1000})
+        )
+    if algo == "DQN":
+        return (
+            DQNConfig().environment(env)
+            .rl_module(model_config={"fcnet_hiddens": [16], "head_fcnet_hiddens": []})
+            .training(train_batch_size_per_learner=32, num_steps_sampled_before_learning_starts=300,
+                      replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": 1000})
+        )
+    raise ValueError(f"unknown algo {algo}")
+"""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def test_unknown_algorithm_or_env_is_refused_naming_the_allowed_values(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--algos", "StaQ", "A2C", "--out", "x"])
+    error = capsys.readouterr().err
+    assert "'A2C'" in error and "['StaQ', 'DQN', 'PPO', 'SAC']" in error
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--env", "Pong-v5", "--out", "x"])
+    error = capsys.readouterr().err
+    assert "'Pong-v5'" in error and "CartPole-v1" in error and "Acrobot-v1" in error
+    with pytest.raises(ValueError, match=r"allowed algorithms are \['StaQ', 'DQN', 'PPO', 'SAC'\]"):
+        presets.check_names(["TD3"], ["CartPole-v1"])
+    with pytest.raises(SystemExit):
+        ablate.parse_args(["--study", "depth", "--out", "x"])
+    assert "stack-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--seeds", "0", "--out", "x"])
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--algos", "StaQ", "DQN", "--reference", "PPO", "--out", "x"])
+    assert "--reference 'PPO'" in capsys.readouterr().err
+
+
+def test_evaluation_schedule_must_fit_every_algorithm():
+    # PPO's preset samples 4000 env steps per iteration: evaluating every 5000 cannot be
+    # the same schedule for it, so the command refuses before anything runs.
+    experiment = compare.build_experiments(["PPO"], ["CartPole-v1"])[0]
+    with pytest.raises(ValueError, match=r"--eval-every \(5000\).*PPO on CartPole-v1 \(4000\)"):
+        compare.with_common_protocol(experiment, eval_every=5000, num_env_runners=0)
+    config = compare.with_common_protocol(experiment, eval_every=8000, num_env_runners=0)
+    assert config.evaluation_interval == 2 and config.evaluation_duration == 10
+    assert config.evaluation_config["explore"] is False
+    assert config.callbacks_on_train_result is compare.mark_evaluated
+    # The DQN preset keeps its training settings; only its reporting stride is set.
+    dqn = compare.with_common_protocol(
+        compare.build_experiments(["DQN"], ["CartPole-v1"])[0], 4000, 0
+    )
+    assert dqn.min_sample_timesteps_per_iteration == 1000 and dqn.evaluation_interval == 4
+    assert dqn.train_batch_size_per_learner == 32 and dqn.n_step == (2, 5)
+
+
+def test_presets_build_the_discrete_baselines():
+    for algo in presets.ALGOS:
+        for env in presets.ENVS:
+            config = presets.preset_config(algo, env)
+            assert config.env == env
+            assert type(config).__name__ == f"{algo}Config"
+    assert "no Acrobot-v1 settings" in presets.preset_source("DQN", "Acrobot-v1")
+    assert presets.preset_source("StaQ", "CartPole-v1") == "tuned_examples/cartpole_staq.py"
+
+
+def test_config_module_must_define_build_config(tmp_path):
+    module = tmp_path / "empty.py"
+    module.write_text("X = 1\n")
+    with pytest.raises(ValueError, match="must define build_config"):
+        compare.build_experiments(["StaQ"], ["CartPole-v1"], str(module))
+    with pytest.raises(ValueError, match="no such file"):
+        compare.build_experiments(["StaQ"], ["CartPole-v1"], str(tmp_path / "missing.py"))
+
+
+def test_ablation_variants():
+    variants = ablate.study_variants("stack-size", None, 10)
+    assert list(variants) == ["StaQ M=300", "StaQ M=1", "StaQ M=10", "StaQ M=50"]
+    correction = ablate.study_variants("weight-correction", None, 5)
+    assert [v["weight_correction"] for v in correction.values()] == [True, False]
+    assert {v["stack_size"] for v in correction.values()} == {5}
+    assert ablate.study_variants("epsilon", None, 10) == {
+        "StaQ epsilon=0.05": {"epsilon": 0.05},
+        "StaQ epsilon=0": {"epsilon": 0.0},
+    }
+    experiments = ablate.build_experiments("epsilon", ["Acrobot-v1"], None, 10)
+    assert [e.config.epsilon for e in experiments] == [0.05, 0.0]
+    assert all(e.config.kl_coeff == 5.0 for e in experiments)  # Acrobot's tuned example
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def synthetic_frame():
+    """Two algorithms, two envs, three seeds; curves with known final scores."""
+    rows = []
+    for env, offset in (("CartPole-v1", 0.0), ("Acrobot-v1", -500.0)):
+        for seed in range(3):
+            for index in range(6):
+                steps = 1000 * (index + 1)
+                rows.append(
+                    {
+                        "algorithm": "A",
+                        "env": env,
+                        "seed": seed,
+                        "iteration": index + 1,
+                        "env_steps": steps,
+                        "wall_time_s": 10.0 * (index + 1),
+                        "greedy_return": offset + 100.0 * (index + 1),
+                        "training_return": offset,
+                        "trial_status": "TERMINATED",
+                    }
+                )
+                rows.append(
+                    {
+                        "algorithm": "B",
+                        "env": env,
+                        "seed": seed,
+                        "iteration": index + 1,
+                        "env_steps": steps,
+                        "wall_time_s": 5.0 * (index + 1),
+                        "greedy_return": offset + 50.0 + seed,
+                        "training_return": offset,
+                        "trial_status": "TERMINATED",
+                    }
+                )
+    return pd.DataFrame(rows, columns=compare.CSV_COLUMNS)
+
+
+def test_final_scores_thresholds_and_normalisation_on_known_curves():
+    frame = synthetic_frame()
+    seeds, steps, _, returns = compare.score_grid(frame, "A", "CartPole-v1")
+    assert seeds == [0, 1, 2] and returns.shape == (3, 6)
+    np.testing.assert_allclose(steps, 1000 * np.arange(1, 7))
+    np.testing.assert_allclose(compare.final_scores(returns), [500.0] * 3)  # mean of 400..600
+    runs = frame[(frame["algorithm"] == "A") & (frame["env"] == "CartPole-v1")]
+    assert compare.steps_to_threshold(runs, 350.0) == [4000, 4000, 4000]
+    assert compare.steps_to_threshold(runs, 1e9) == [None, None, None]
+    randoms = {"CartPole-v1": 0.0, "Acrobot-v1": -500.0}
+    scores, reason = compare.normalised_final_scores(
+        frame, ["CartPole-v1", "Acrobot-v1"], ["A", "B"], randoms
+    )
+    assert reason is None
+    np.testing.assert_allclose(scores["A"], np.ones((3, 2)))  # A is best on both envs
+    np.testing.assert_allclose(scores["B"][:, 0], [0.1, 0.102, 0.104])  # (50+seed)/500
+    assert compare.compare_to_reference("A", (5, 4, 6), (1, 0, 2)) == "A higher (CIs disjoint)"
+    assert compare.compare_to_reference("A", (5, 4, 6), (5.5, 3, 7)) == "inside the CIs"
+    assert compare.compare_to_reference("A", (1, 0, 2), (5, 4, 6)) == "A lower (CIs disjoint)"
+
+
+def test_report_writes_the_table_and_every_png(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "BOOTSTRAP_REPS", 300)  # seconds, not a minute
+    monkeypatch.setattr(
+        compare, "random_score", lambda env: {"CartPole-v1": 0.0, "Acrobot-v1": -500.0}[env]
+    )
+    frame = synthetic_frame()
+    failures = [("B", "Acrobot-v1", 7, "RuntimeError('boom')")]
+    path = compare.write_report(
+        frame,
+        failures,
+        tmp_path,
+        "A",
+        presets.THRESHOLDS,
+        ["python -m rllib_staq.compare", "--out", "x"],
+        print_fn=print,
+    )
+    text = path.read_text()
+    assert "| A | 3 | 500.0 [500.0, 500.0] | - | 5,000, 5,000, 5,000 |" in text
+    assert "| B | 3 | 51.0 [50.0, 52.0] | A higher (CIs disjoint) |" in text
+    # A rises by 100 at each evaluation: the late half 400, 500, 600 has std 81.6; the
+    # differences are all 100: no dispersion, CVaR 100, no drawdown.
+    assert "| A | 81.6 [81.6, 81.6] | 0.0 [0.0, 0.0] | 100.0 [100.0, 100.0] | 0.0 [0.0, 0.0] |" in (
+        text
+    )
+    assert "- B Acrobot-v1 seed 7: RuntimeError('boom')" in text
+    assert "| A,B | 1.00 [1.00, 1.00] |" in text
+    for name in [
+        "curves_CartPole-v1_env_steps.png",
+        "curves_CartPole-v1_wall_time.png",
+        "curves_Acrobot-v1_env_steps.png",
+        "curves_Acrobot-v1_wall_time.png",
+        "aggregate_intervals.png",
+        "performance_profile.png",
+        "probability_of_improvement.png",
+    ]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"![{name}]({name})" in text
+
+
+def test_random_score_of_cartpole():
+    # The uniform random policy on CartPole lasts about 22 steps on average.
+    assert 15.0 < compare.random_score("CartPole-v1", episodes=50) < 30.0
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
+    """StaQ and DQN on CartPole, 2 seeds, 400 env steps, through the real Tuner path."""
+    module = tmp_path / "tiny_configs.py"
+    module.write_text(TINY_CONFIGS)
+    out = tmp_path / "out"
+    argv = [
+        "--env",
+        "CartPole-v1",
+        "--algos",
+        "StaQ",
+        "DQN",
+        "--seeds",
+        "2",
+        "--stop-timesteps",
+        "400",
+        "--eval-every",
+        "200",
+        "--config-module",
+        str(module),
+        "--out",
+        str(out),
+    ]
+    assert compare.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[StaQ CartPole-v1 seed 1]" in printed and "trials:" in printed
+
+    csv = pd.read_csv(out / "curves.csv")
+    assert list(csv.columns) == compare.CSV_COLUMNS
+    assert len(csv) == 2 * 2 * 2  # algorithms x seeds x evaluations
+    assert set(csv["env_steps"]) == {200, 400} and set(csv["trial_status"]) == {"TERMINATED"}
+    assert csv["greedy_return"].notna().all() and (csv["wall_time_s"] > 0).all()
+    # StaQ: 100 env steps per iteration, evaluation every 2nd; Tune's raw history still
+    # carries RLlib's repeated evaluation results at iterations 3 (and 1 has none).
+    staq = csv[csv["algorithm"] == "StaQ"]
+    assert set(staq["iteration"]) == {2, 4}
+    progress = pd.read_csv(next((out / "tune" / "StaQ__CartPole-v1").glob("*/progress.csv")))
+    assert len(progress) == 4
+    repeated = progress.set_index("training_iteration")[compare.EVAL_RETURN]
+    assert repeated[3] == repeated[2]
+    text = (out / "results.md").read_text()
+    assert "### CartPole-v1" in text and "## Failed trials\n\nNone." in text
+    assert (out / "curves_CartPole-v1_env_steps.png").exists()
+    assert (out / "curves_CartPole-v1_wall_time.png").exists()
+
+    # Running the same command again restores both finished experiments.
+    assert compare.main(argv) == 0
+    assert capsys.readouterr().out.count("Restoring") == 2
+    pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), csv)
+
+
+def test_failed_trial_is_reported_with_its_error(tmp_path, ray_session, capsys):
+    module = tmp_path / "broken.py"
+    module.write_text(
+        TINY_CONFIGS
+        + """
+
+from ray import tune
+
+
+def broken_env(config):
+    raise RuntimeError("this env cannot be built")
+
+
+tune.register_env("BrokenEnv", broken_env)
+"""
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--env",
+        "BrokenEnv",
+        "--algos",
+        "StaQ",
+        "--seeds",
+        "1",
+        "--stop-timesteps",
+        "200",
+        "--eval-every",
+        "200",
+        "--config-module",
+        str(module),
+        "--out",
+        str(out),
+    ]
+    assert compare.main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "FAILED" in printed and "this env cannot be built" in printed
+    text = (out / "results.md").read_text()
+    assert "- StaQ BrokenEnv seed 0: " in text and "this env cannot be built" in text
+
+
+def test_tune_search_example_on_a_tiny_budget(tmp_path, ray_session):
+    from conftest import tiny_config
+
+    spec = importlib.util.spec_from_file_location(
+        "tune_search_staq", REPO / "tuned_examples" / "tune_search_staq.py"
+    )
+    search = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search)
+    tuner = search.build_tuner(
+        tiny_config(entropy_coeff=[[0, 2.0], [1000, 0.4]]),
+        num_samples=2,
+        stop_timesteps=200,
+        eval_every=100,
+        grace_period=100,
+        max_concurrent_trials=2,
+        storage_path=str(tmp_path),
+    )
+    results = tuner.fit()
+    assert len(results) == 2 and not results.errors
+    for result in results:
+        assert result.metrics["env_steps"] in (100, 200)  # ASHA may stop one at its rung
+        assert np.isfinite(result.metrics[search.METRIC])
+        assert result.config["stack_size"] in (10, 50, 100, 300)
+        assert 2.0 <= result.config["kl_coeff"] <= 50.0 and 1e-4 <= result.config["lr"] <= 1e-3
+    assert search.entropy_schedule([[0, 2.0], [500, 0.4]], 25_000) == [[0, 2.0], [25_000, 0.4]]
+    with pytest.raises(ValueError, match="entropy_coeff must be a schedule"):
+        search.entropy_schedule(0.5, 1000)
