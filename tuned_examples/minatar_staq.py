@@ -30,8 +30,10 @@ default for image observations; reward scale 200; 1/eta = 20; epsilon 0.05; batc
 Greedy evaluation of 10 episodes every 20k env steps.
 
 Targets of issue 12 for the greedy return at 500k env steps: Asterix >= 5, Breakout >= 6,
-Freeway >= 20, Seaquest >= 2, SpaceInvaders >= 15. Measured: see
-docs/results_environments.md (Breakout only, 1 seed, shared 2-core CPU; the other games not run).
+Freeway >= 20, Seaquest >= 2, SpaceInvaders >= 15. Measured (docs/results_environments.md):
+Breakout, 1 seed, 40 minutes on a shared 2-core CPU, which reached 173k of the 500k env steps:
+greedy return 2.2 at 20k, best 5.1 at 112k, 4.5 at 173k (random policy: 0.3). The other four
+games were not run.
 """
 
 import functools
