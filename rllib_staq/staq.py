@@ -4,18 +4,18 @@ Paper: "StaQ it! Growing neural networks for Policy Mirror Descent", Jobard et
 al., arXiv 2506.13862. One training iteration (``StaQ.training_step``):
 
 1. sample ``env_steps_per_iteration`` env steps with pi_k (epsilon-softmax),
-2. add them to the replay buffer,
-3. one ``learner_group.update``: the learner appends them to its transition
-   table, computes pi_k's next-state logits once, runs ``grad_steps_per_iteration``
-   FQI steps and pushes a frozen copy of the trainable Q-ensemble onto the stack,
-4. sync the new stack to the EnvRunners once.
+2. one ``learner_group.update``: each learner appends them to its transition
+   table (the only copy of the replay data, one per module), computes pi_k's
+   next-state logits once, runs ``grad_steps_per_iteration`` FQI steps and
+   pushes a frozen copy of the trainable Q-ensemble onto the stack,
+3. sync the new stack to the EnvRunners once.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, Optional, Type, Union
 
 import gymnasium as gym
 
@@ -23,6 +23,7 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import COMPONENT_LEARNER_GROUP
 from ray.rllib.core.learner import Learner
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.annotations import override
@@ -33,7 +34,6 @@ from ray.rllib.utils.metrics import (
     LEARNER_UPDATE_TIMER,
     NUM_AGENT_STEPS_SAMPLED_LIFETIME,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
-    REPLAY_BUFFER_ADD_DATA_TIMER,
     REPLAY_BUFFER_RESULTS,
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
@@ -41,11 +41,24 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.typing import LearningRateOrSchedule
 
 from rllib_staq import threads
-from rllib_staq.staq_learner import ITERATION_TIMER
+from rllib_staq.multi_agent import (
+    agent_action_spaces,
+    module_model_config,
+    module_setting_conflicts,
+)
+from rllib_staq.settings import (
+    ALGORITHM_WIDE_SETTINGS,
+    ENSEMBLE_TARGETS,  # noqa: F401 (public name)
+    SETTING_CHECKS,
+    replay_buffer_config_errors,
+    restore_dropped_settings,
+    setting_error,
+)
+from rllib_staq.staq_learner import ITERATION_TIMER, REPLAY_METRICS
 
 logger = logging.getLogger(__name__)
 
-ENSEMBLE_TARGETS = ("mean", "min")
+# Checkpoints of earlier versions held the RLlib episode buffer's copy here.
 REPLAY_BUFFER_STATE_KEY = "staq_replay_buffer"
 # How long a restore waits for an EnvRunner's earlier weight sync to finish.
 RESTORE_SYNC_TIMEOUT_S = 60.0
@@ -187,8 +200,30 @@ class StaQConfig(AlgorithmConfig):
             if value is not NotProvided:
                 setattr(self, name, value)
         if replay_buffer_config is not NotProvided:
+            self._check_setting("replay_buffer_config", replay_buffer_config)
             self.replay_buffer_config = {**self.replay_buffer_config, **replay_buffer_config}
+            for message in replay_buffer_config_errors(self.replay_buffer_config):
+                self._value_error(message)
+        # Refused where set, before anything else reads them.
+        for name in set(SETTING_CHECKS) & (set(settings) | set(kwargs)):
+            self._check_setting(name, getattr(self, name))
         return self
+
+    def _check_setting(self, name: str, value: Any) -> None:
+        message = setting_error(name, value)
+        if message is not None:
+            self._value_error(message)
+
+    @override(AlgorithmConfig)
+    def get_state(self) -> Dict[str, Any]:
+        """RLlib's state, with every setting RLlib would drop for being -1 kept.
+
+        ``build_algo()`` rebuilds the config from this state; without this a
+        setting of -1 (RLlib's ``DEPRECATED_VALUE``) would become its default.
+        """
+        return restore_dropped_settings(
+            super().get_state(), vars(self), _default_attributes(type(self))
+        )
 
     @override(AlgorithmConfig)
     def get_rollout_fragment_length(self, worker_index: int = 0) -> int:
@@ -215,49 +250,19 @@ class StaQConfig(AlgorithmConfig):
         def error(setting: str, allowed: str, value: Any) -> None:
             self._value_error(f"StaQ: `{setting}` must be {allowed}, got {value!r}.")
 
-        if not isinstance(self.stack_size, int) or self.stack_size < 1:
-            error("stack_size", "an int >= 1", self.stack_size)
-        for name in ("kl_coeff", "reward_scale", "lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                error(name, "a number > 0", value)
-        for value in _schedule_values(self.entropy_coeff):
-            if not isinstance(value, (int, float)) or value <= 0:
-                error("entropy_coeff", "> 0 (a float or [[t, value], ...] schedule)", self.entropy_coeff)
-        for value in _schedule_values(self.epsilon):
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                error("epsilon", "in [0, 1] (a float or [[t, value], ...] schedule)", self.epsilon)
-        if self.ensemble_target not in ENSEMBLE_TARGETS:
-            error("ensemble_target", f"one of {ENSEMBLE_TARGETS}", self.ensemble_target)
-        for name in (
-            "num_q_networks",
-            "env_steps_per_iteration",
-            "grad_steps_per_iteration",
-            "target_network_update_freq",
-            "train_batch_size_per_learner",
-            "exact_refresh_interval",
+        for name in SETTING_CHECKS:
+            self._check_setting(name, getattr(self, name))
+        self._validate_per_module_overrides()
+        for message in module_setting_conflicts(self):
+            self._value_error(message)
+        if isinstance(self.replay_buffer_config, dict):
+            for message in replay_buffer_config_errors(self.replay_buffer_config):
+                self._value_error(message)
+        if (
+            _is_int(self.train_batch_size_per_learner)
+            and _is_int(self.replay_buffer_config.get("capacity"))
+            and self.train_batch_size_per_learner > self.replay_capacity_per_learner
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                error(name, "an int >= 1", value)
-        if not threads.is_valid_setting(self.intra_op_threads):
-            error("intra_op_threads", '"auto", an int >= 1 or None', self.intra_op_threads)
-        if not 0.0 < self.tau <= 1.0:
-            error("tau", "in (0, 1] (1.0 = hard target copy)", self.tau)
-        if not 0.0 <= self.gamma <= 1.0:
-            error("gamma", "in [0, 1]", self.gamma)
-        if not isinstance(self.replay_buffer_config.get("type"), str) or (
-            "EpisodeReplayBuffer" not in self.replay_buffer_config["type"]
-        ):
-            error(
-                "replay_buffer_config['type']",
-                "the name (a string) of an RLlib EpisodeReplayBuffer class",
-                self.replay_buffer_config.get("type"),
-            )
-        capacity = self.replay_buffer_config.get("capacity")
-        if not isinstance(capacity, int) or capacity < 1:
-            error("replay_buffer_config['capacity']", "an int >= 1", capacity)
-        elif self.train_batch_size_per_learner > self.replay_capacity_per_learner:
             error(
                 "train_batch_size_per_learner",
                 f"<= the replay capacity per learner ({self.replay_capacity_per_learner})",
@@ -265,6 +270,49 @@ class StaQConfig(AlgorithmConfig):
             )
         if self.action_space is not None:
             validate_action_space(self.action_space)
+
+    def _validate_per_module_overrides(self) -> None:
+        """Per-module settings are checked as the main ones; algorithm-wide ones refused."""
+        for module_id, overrides in (self.algorithm_config_overrides_per_module or {}).items():
+            for name, value in overrides.items():
+                if name in ALGORITHM_WIDE_SETTINGS:
+                    self._value_error(
+                        f"StaQ: `{name}` is one setting for the whole algorithm and cannot "
+                        f"be overridden for module {module_id!r}; set it in `training()`."
+                    )
+                message = setting_error(name, value, where=f" (module {module_id!r})")
+                if message is not None:
+                    self._value_error(message)
+
+    @override(AlgorithmConfig)
+    def get_config_for_module(self, module_id) -> "StaQConfig":
+        """RLlib's per-module config, also on a frozen config (``algo.config``).
+
+        RLlib applies the overrides to a copy that keeps the frozen flag, so it
+        raises on a built algorithm's config; the copy here is unfrozen while the
+        overrides are applied, then frozen like its source.
+        """
+        overrides = (self.algorithm_config_overrides_per_module or {}).get(module_id)
+        if overrides is not None and module_id not in self._per_module_overrides:
+            module_config = self.copy(copy_frozen=False).update_from_dict(overrides)
+            if self._is_frozen:
+                module_config.freeze()
+            self._per_module_overrides[module_id] = module_config
+        return super().get_config_for_module(module_id)
+
+    @override(AlgorithmConfig)
+    def get_multi_rl_module_spec(self, **kwargs) -> MultiRLModuleSpec:
+        """RLlib's spec, with each module's own ``stack_size``/``num_q_networks``/``epsilon``.
+
+        RLlib gives every module the main config's ``model_config``; per-module
+        overrides of these settings reach the modules only through this.
+        """
+        spec = super().get_multi_rl_module_spec(**kwargs)
+        for module_id, module_spec in spec.rl_module_specs.items():
+            module_spec.model_config = module_model_config(
+                self, module_id, module_spec.model_config
+            )
+        return spec
 
     @override(AlgorithmConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
@@ -292,10 +340,18 @@ class StaQConfig(AlgorithmConfig):
         }
 
 
-def _schedule_values(value_or_schedule) -> List[Any]:
-    if isinstance(value_or_schedule, (list, tuple)):
-        return [entry[1] for entry in value_or_schedule]
-    return [value_or_schedule]
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _default_attributes(config_class: type) -> Dict[str, Any]:
+    """The attributes of a fresh config of ``config_class`` (its defaults)."""
+    if config_class not in _DEFAULT_ATTRIBUTES:
+        _DEFAULT_ATTRIBUTES[config_class] = vars(config_class())
+    return _DEFAULT_ATTRIBUTES[config_class]
+
+
+_DEFAULT_ATTRIBUTES: Dict[type, Dict[str, Any]] = {}
 
 
 def validate_action_space(action_space: gym.Space) -> None:
@@ -331,9 +387,20 @@ class StaQ(Algorithm):
             return
         env = self.env_creator(copy.deepcopy(config.env_config))
         try:
-            validate_action_space(env.action_space)
+            for agent_id, action_space in agent_action_spaces(env):
+                try:
+                    validate_action_space(action_space)
+                except ValueError as error:
+                    if agent_id is None:
+                        raise
+                    raise ValueError(f"Agent {agent_id!r}: {error}") from error
         finally:
             env.close()
+
+    @override(Algorithm)
+    def _create_local_replay_buffer_if_necessary(self, config) -> None:
+        """No RLlib buffer: the learners' transition tables are StaQ's only replay."""
+        return None
 
     @override(Algorithm)
     def training_step(self) -> None:
@@ -347,12 +414,6 @@ class StaQ(Algorithm):
                 _return_metrics=True,
             )
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
-
-        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER), **ITERATION_TIMER):
-            self.local_replay_buffer.add(episodes)
-        self.metrics.aggregate(
-            [self.local_replay_buffer.get_metrics()], key=REPLAY_BUFFER_RESULTS
-        )
 
         # One update = one whole StaQ iteration on each learner (FQI + push).
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER), **ITERATION_TIMER):
@@ -368,6 +429,7 @@ class StaQ(Algorithm):
                 },
             )
         self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        self._log_replay_metrics()
 
         # The new stack reaches the EnvRunners once per iteration.
         with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER), **ITERATION_TIMER):
@@ -376,18 +438,25 @@ class StaQ(Algorithm):
                 inference_only=True,
             )
 
-    @override(Algorithm)
-    def get_state(self, *args, **kwargs) -> Dict[str, Any]:
-        state = super().get_state(*args, **kwargs)
-        if self.config.store_buffer_in_checkpoints and self.local_replay_buffer is not None:
-            state[REPLAY_BUFFER_STATE_KEY] = self.local_replay_buffer.get_state()
-        return state
+    def _log_replay_metrics(self) -> None:
+        """RLlib's ``replay_buffer/<metric>/<module_id>`` keys, from the learners' tables.
+
+        Each learner logs its table's counts per module; the learner results sum
+        them over learners (each holds its shard).
+        """
+        for module_id, results in self.metrics.peek(LEARNER_RESULTS, default={}).items():
+            for key in REPLAY_METRICS:
+                if isinstance(results, dict) and key in results:
+                    self.metrics.log_value(
+                        (REPLAY_BUFFER_RESULTS, key, module_id), results[key], window=1
+                    )
 
     @override(Algorithm)
     def set_state(self, state: Dict[str, Any]) -> None:
+        # Earlier checkpoints also held RLlib's episode buffer: the same data as
+        # the learners' tables, which the learner state restores.
+        state = {key: value for key, value in state.items() if key != REPLAY_BUFFER_STATE_KEY}
         super().set_state(state)
-        if REPLAY_BUFFER_STATE_KEY in state and self.local_replay_buffer is not None:
-            self.local_replay_buffer.set_state(state[REPLAY_BUFFER_STATE_KEY])
         if COMPONENT_LEARNER_GROUP in state:
             self._sync_restored_stack_to_env_runners()
 

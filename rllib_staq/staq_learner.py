@@ -1,5 +1,15 @@
 """Metric keys of the StaQ learner (framework-agnostic names, as in RLlib's DQN)."""
 
+from ray.rllib.utils.metrics import (
+    NUM_MODULE_STEPS_ADDED,
+    NUM_MODULE_STEPS_ADDED_LIFETIME,
+    NUM_MODULE_STEPS_EVICTED,
+    NUM_MODULE_STEPS_EVICTED_LIFETIME,
+    NUM_MODULE_STEPS_SAMPLED,
+    NUM_MODULE_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_STORED,
+)
+
 TD_LOSS_KEY = "td_loss"
 MEAN_Q_KEY = "mean_q"
 POLICY_ENTROPY_KEY = "policy_entropy"
@@ -11,6 +21,19 @@ BETA_KEY = "pmd_beta"
 ENTROPY_COEFF_KEY = "entropy_coeff"
 EPSILON_KEY = "epsilon"
 REPLAY_SIZE_KEY = "replay_size"
+
+# RLlib's replay-buffer metric names, logged per module from the learner's table
+# (the algorithm reports them as replay_buffer/<metric>/<module_id>, as RLlib's
+# episode buffers do). Counts are transitions (RLlib's module steps).
+REPLAY_METRICS = (
+    NUM_MODULE_STEPS_STORED,
+    NUM_MODULE_STEPS_ADDED,
+    NUM_MODULE_STEPS_ADDED_LIFETIME,
+    NUM_MODULE_STEPS_EVICTED,
+    NUM_MODULE_STEPS_EVICTED_LIFETIME,
+    NUM_MODULE_STEPS_SAMPLED,
+    NUM_MODULE_STEPS_SAMPLED_LIFETIME,
+)
 NUM_GRAD_STEPS_KEY = "num_grad_steps_lifetime"
 
 # StaQ's timers report the last iteration's time (an iteration is one long

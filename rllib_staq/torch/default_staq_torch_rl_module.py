@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, TargetNetworkAPI
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
@@ -29,7 +29,10 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 from rllib_staq import pmd
 from rllib_staq.staq_learner import STACK_SUM, STACK_VERSION
 
-QF_PREDS = "qf_preds"  # [E, B, A] trainable ensemble
+QF_PREDS = "qf_preds"  # [E, B, A] trainable ensemble (forward_train)
+# compute_q_values (RLlib's QNetAPI): QF_PREDS is the ensemble mean [B, A], as in
+# RLlib's DQN module, and this key holds the members' Q-values [E, B, A].
+QF_PREDS_PER_MEMBER = "qf_preds_per_member"
 QF_TARGET_NEXT_PREDS = "qf_target_next_preds"  # [E, B, A] target ensemble
 
 _MLP_DEFAULTS = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
@@ -90,7 +93,7 @@ def to_network_input(obs: torch.Tensor, image_input: bool) -> torch.Tensor:
     return obs.permute(0, 3, 1, 2) if image_input else obs
 
 
-class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI):
+class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI, QNetAPI):
     """Q-ensemble (trainable + target) and the frozen stack of the last M members.
 
     ``model_config`` keys (RLlib's ``DefaultModelConfig`` names): ``fcnet_hiddens``,
@@ -255,6 +258,12 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     @torch.no_grad()
     def _acting_stack_outputs(self, obs: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """The logits xi_k(obs) and the extra outputs that let the learner reuse them."""
+        if not bool(torch.isfinite(obs).all()):
+            # Else the sampling fails deep inside torch with an unclear message.
+            raise ValueError(
+                "StaQ: an observation with NaN or inf reached the policy (field `obs`); "
+                "the env returned it. Fix the env or wrap it to clean the value."
+            )
         stack_sum = self.unscaled_stack_sum(obs)
         extra = {
             STACK_SUM: stack_sum,
@@ -295,6 +304,26 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
         obs = batch[Columns.OBS]
         return {QF_PREDS: torch.stack([net(obs) for net in self.q_nets])}
+
+    @override(QNetAPI)
+    def compute_q_values(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """Q(obs, .) of the trainable ensemble (the Q-network FQI is fitting now).
+
+        Returns ``QF_PREDS`` ``[B, A]`` (the mean over the E members, which is
+        what the target's ``ensemble_target="mean"`` uses) and
+        ``QF_PREDS_PER_MEMBER`` ``[E, B, A]``. The policy itself is the stack
+        (``stack_logits``), not these Q-values. Gradients flow as in any forward
+        pass: wrap the call in ``torch.no_grad()`` to only read the values.
+        """
+        if self.inference_only:
+            raise ValueError(
+                "StaQ: this RL module is inference-only (an EnvRunner's copy holds the "
+                "stack, not the trainable Q-networks); call compute_q_values on the "
+                "Learner's module, e.g. algo.learner_group.foreach_learner(lambda learner: "
+                "learner.module[module_id].unwrapped().compute_q_values(batch))."
+            )
+        per_member = torch.stack([net(batch[Columns.OBS]) for net in self.q_nets])
+        return {QF_PREDS: per_member.mean(0), QF_PREDS_PER_MEMBER: per_member}
 
     @override(TorchRLModule)
     def set_state(self, state: Dict[str, Any]) -> None:

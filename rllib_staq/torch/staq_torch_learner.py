@@ -46,6 +46,13 @@ from rllib_staq.staq_learner import (
     NEXT_STACK_VERSION,
     NEXT_STATE_PASS_FRACTION_KEY,
     NUM_GRAD_STEPS_KEY,
+    NUM_MODULE_STEPS_ADDED,
+    NUM_MODULE_STEPS_ADDED_LIFETIME,
+    NUM_MODULE_STEPS_EVICTED,
+    NUM_MODULE_STEPS_EVICTED_LIFETIME,
+    NUM_MODULE_STEPS_SAMPLED,
+    NUM_MODULE_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_STORED,
     NUM_PUSHES_KEY,
     POLICY_ENTROPY_KEY,
     PUSH_TIMER,
@@ -167,7 +174,10 @@ class StaQTorchLearner(TorchLearner):
         table = self._table(module_id)
         module = self._unwrapped(module_id)
         columns, acting_versions = _transition_columns(module_batch, module.num_actions)
+        self._refuse_non_finite(module_id, columns)
+        size_before = table.size
         new_rows = table.add(columns)
+        self._log_replay_counts(module_id, table, size_before, new_rows.shape[0])
         with self.metrics.log_time((module_id, NEXT_LOGITS_TIMER), **ITERATION_TIMER):
             # The table keeps only its newest `capacity` rows of an oversized batch.
             needs_pass = (acting_versions != module.num_pushes)[-new_rows.shape[0] :]
@@ -178,6 +188,33 @@ class StaQTorchLearner(TorchLearner):
             needs_pass.float().mean().item(),
             window=1,
         )
+
+    def _refuse_non_finite(self, module_id, columns: Dict[str, torch.Tensor]) -> None:
+        """Stops at a NaN/inf observation or reward, before it reaches the table or stack."""
+        for field in (Columns.OBS, Columns.NEXT_OBS, Columns.REWARDS):
+            values = columns[field]
+            if not values.is_floating_point():
+                continue
+            finite_rows = torch.isfinite(values.flatten(1) if values.dim() > 1 else values)
+            finite_rows = finite_rows.all(-1) if finite_rows.dim() > 1 else finite_rows
+            if not bool(finite_rows.all()):
+                env = self.config.env
+                raise ValueError(
+                    f"StaQ: env {getattr(env, '__name__', env)!r} returned a NaN or inf "
+                    f"`{field}` ({int((~finite_rows).sum())} of {values.shape[0]} new "
+                    f"transitions of module {module_id!r}); training stops before it reaches "
+                    "the replay table or the stack. Fix the env or wrap it to clean the value."
+                )
+
+    def _log_replay_counts(self, module_id, table, size_before: int, num_added: int) -> None:
+        """RLlib's replay-buffer counts for this learner's table (summed over learners)."""
+        num_evicted = max(0, size_before + num_added - table.capacity)
+        log = self.metrics.log_value
+        log((module_id, NUM_MODULE_STEPS_STORED), table.size, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_ADDED), num_added, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_ADDED_LIFETIME), num_added, reduce="lifetime_sum")
+        log((module_id, NUM_MODULE_STEPS_EVICTED), num_evicted, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_EVICTED_LIFETIME), num_evicted, reduce="lifetime_sum")
 
     @torch.no_grad()
     def _fill_next_state_sums(self, module_id: ModuleID, table: TransitionTable, rows):
@@ -251,6 +288,11 @@ class StaQTorchLearner(TorchLearner):
                         main_net=main_net, target_net=target_net, tau=config.tau
                     )
         module.num_grad_steps += config.grad_steps_per_iteration
+        num_sampled = config.grad_steps_per_iteration * config.train_batch_size_per_learner
+        self.metrics.log_value((module_id, NUM_MODULE_STEPS_SAMPLED), num_sampled, reduce="sum")
+        self.metrics.log_value(
+            (module_id, NUM_MODULE_STEPS_SAMPLED_LIFETIME), num_sampled, reduce="lifetime_sum"
+        )
         self.metrics.log_value((module_id, TD_LOSS_KEY), td_losses.mean().item(), window=1)
         self.metrics.log_value((module_id, MEAN_Q_KEY), mean_qs.mean().item(), window=1)
         return td_losses.mean()
@@ -359,7 +401,8 @@ class StaQTorchLearner(TorchLearner):
         table = self._tables[module_id]
         tau = self.entropy_coeff(module_id)
         alpha, beta = pmd.pmd_step_sizes(config.kl_coeff, tau)
-        correction = pmd.weight_correction(beta, config.stack_size, config.weight_correction)
+        # The module's own M (it may come from a per-module spec, not this config).
+        correction = pmd.weight_correction(beta, module.stack_size, config.weight_correction)
 
         # pi_k and pi_{k+1} at every stored next-state come from the cache (kept
         # exact by the push), so the diagnostics need no stack pass.

@@ -1,0 +1,256 @@
+"""Multi-agent StaQ on RLlib's MultiAgentCartPole (issue 14, item 1).
+
+One StaQ module per policy: its own stack, ensembles and transition table, its
+own settings, trained only if in ``policies_to_train``, restorable on its own.
+"""
+
+import importlib.util
+import pathlib
+
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+import torch
+
+from conftest import tiny_config
+from ray.rllib.core import (
+    COMPONENT_LEARNER,
+    COMPONENT_LEARNER_GROUP,
+    COMPONENT_RL_MODULE,
+)
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.env.multi_agent_env import MultiAgentEnv
+from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
+from rllib_staq import StaQConfig, pmd
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
+# Remote EnvRunners cannot import this test module: send its mapping functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def policy_per_agent(agent_id, episode, **kwargs):
+    return f"p{agent_id}"
+
+
+def shared_policy(agent_id, episode, **kwargs):
+    return "shared"
+
+
+def ma_config(policies=("p0", "p1"), **training):
+    mapping = shared_policy if policies == ("shared",) else policy_per_agent
+    return (
+        tiny_config(**training)
+        .environment(MultiAgentCartPole, env_config={"num_agents": 2})
+        .multi_agent(policies=set(policies), policy_mapping_fn=mapping)
+    )
+
+
+def learner_module(algo, module_id):
+    return algo.learner_group._learner.module[module_id].unwrapped()
+
+
+def learner_table(algo, module_id):
+    return algo.learner_group._learner._tables[module_id]
+
+
+def test_two_policies_each_train_their_own_stack(ray_session):
+    algo = ma_config().build_algo()
+    try:
+        for _ in range(2):
+            result = algo.train()
+        p0, p1 = learner_module(algo, "p0"), learner_module(algo, "p1")
+        assert int(p0.num_pushes) == int(p1.num_pushes) == 2
+        # Different agents, different data: the stacks differ.
+        assert not torch.equal(p0.stack_buffer("head.weight"), p1.stack_buffer("head.weight"))
+        # Each table holds exactly its agent's transitions.
+        module_steps = result["env_runners"]["num_module_steps_sampled_lifetime"]
+        agent_steps = result["env_runners"]["num_agent_steps_sampled_lifetime"]
+        assert module_steps["p0"] == agent_steps["0"] and module_steps["p1"] == agent_steps["1"]
+        # Metrics per policy, as RLlib reports them (learners/<id>, replay_buffer/<metric>/<id>).
+        for module_id in ("p0", "p1"):
+            assert learner_table(algo, module_id).size == module_steps[module_id]
+            learner = result["learners"][module_id]
+            assert learner["num_pushes"] == 2 and np.isfinite(learner["td_loss"])
+            stored = result["replay_buffer"]["num_module_steps_stored"][module_id]
+            assert stored == module_steps[module_id]
+        # The EnvRunner acts with each policy's current stack.
+        obs = torch.randn(3, 4)
+        runner = algo.env_runner.module
+        for module_id in ("p0", "p1"):
+            torch.testing.assert_close(
+                runner[module_id].stack_logits(obs),
+                learner_module(algo, module_id).stack_logits(obs),
+            )
+    finally:
+        algo.stop()
+
+
+def test_one_shared_policy_learns_from_both_agents(ray_session):
+    algo = ma_config(policies=("shared",)).build_algo()
+    try:
+        result = algo.train()
+        agent_steps = result["env_runners"]["num_agent_steps_sampled_lifetime"]
+        assert set(algo.learner_group._learner.module.keys()) == {"shared"}
+        assert learner_table(algo, "shared").size == sum(agent_steps.values())
+        assert int(learner_module(algo, "shared").num_pushes) == 1
+    finally:
+        algo.stop()
+
+
+class _MixedActionsEnv(MultiAgentEnv):
+    """Agent "a" has discrete actions, agent "b" continuous ones."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.agents = self.possible_agents = ["a", "b"]
+        self.observation_spaces = {aid: gym.spaces.Box(-1, 1, (2,)) for aid in self.agents}
+        self.action_spaces = {
+            "a": gym.spaces.Discrete(2),
+            "b": gym.spaces.Box(-1, 1, (1,)),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        return {aid: np.zeros(2, np.float32) for aid in self.agents}, {}
+
+    def step(self, actions):
+        obs = {aid: np.zeros(2, np.float32) for aid in actions}
+        return obs, dict.fromkeys(actions, 0.0), {"__all__": True}, {"__all__": False}, {}
+
+
+def test_action_space_checked_per_agent(ray_session):
+    # MultiAgentCartPole's `action_space` is None: a check of `env.action_space`
+    # rejected it; each agent's Discrete space is what counts.
+    assert MultiAgentCartPole({"num_agents": 2}).action_space is None
+    config = tiny_config().environment(_MixedActionsEnv).multi_agent(
+        policies={"a", "b"}, policy_mapping_fn=lambda agent_id, episode, **kw: agent_id
+    )
+    with pytest.raises(ValueError, match="Agent 'b'.*Discrete"):
+        config.build_algo()
+
+
+def test_per_policy_settings_reach_each_module(ray_session):
+    """stack_size, num_q_networks and epsilon per policy reach each module."""
+    overrides = ma_config().rl_module(
+        algorithm_config_overrides_per_module={
+            "p1": StaQConfig.overrides(stack_size=5, num_q_networks=1, epsilon=0.3, kl_coeff=4.0)
+        }
+    )
+    for config in (overrides,):
+        algo = config.build_algo()
+        try:
+            algo.train()
+            p0, p1 = learner_module(algo, "p0"), learner_module(algo, "p1")
+            assert (p0.stack_size, p0.num_q_networks) == (3, 2)
+            assert (p1.stack_size, p1.num_q_networks) == (5, 1)
+            assert p0.stack_buffer("head.weight").shape[0] == 3 * 2
+            assert p1.stack_buffer("head.weight").shape[0] == 5 * 1
+            runner = algo.env_runner.module
+            assert runner["p1"].stack_buffer("head.weight").shape[0] == 5
+            assert runner["p0"].current_epsilon(None) == pytest.approx(0.05)
+            # The weight correction uses each module's own M: scale = alpha*c/E.
+            kl_coeff = algo.config.get_config_for_module("p1").kl_coeff  # frozen config
+            assert kl_coeff == 4.0
+            tau = algo.learner_group._learner.entropy_coeff("p1")
+            alpha, beta = pmd.pmd_step_sizes(kl_coeff, tau)
+            expected = alpha * pmd.weight_correction(beta, 5, True) / 1
+            assert float(p1.logit_scale) == pytest.approx(expected, rel=1e-6)
+        finally:
+            algo.stop()
+    algo = overrides.build_algo()
+    try:
+        assert algo.env_runner.module["p1"].current_epsilon(None) == pytest.approx(0.3)
+    finally:
+        algo.stop()
+
+
+def test_two_places_for_one_module_setting_refused():
+    with pytest.raises(ValueError, match="`stack_size` is 3 in training.*5 in rl_module"):
+        ma_config().rl_module(model_config={"fcnet_hiddens": [16, 16], "stack_size": 5}).validate()
+    both = ma_config().rl_module(
+        algorithm_config_overrides_per_module={"p1": StaQConfig.overrides(stack_size=4)},
+        rl_module_spec=MultiRLModuleSpec(
+            rl_module_specs={"p1": RLModuleSpec(model_config={"stack_size": 5})}
+        ),
+    )
+    with pytest.raises(ValueError, match="`stack_size` of module 'p1'"):
+        both.validate()
+
+
+def test_frozen_policy_keeps_its_stack(ray_session):
+    algo = ma_config().multi_agent(policies_to_train=["p0"]).build_algo()
+    try:
+        frozen_before = {k: v.clone() for k, v in learner_module(algo, "p1").state_dict().items()}
+        for _ in range(2):
+            algo.train()
+        assert int(learner_module(algo, "p0").num_pushes) == 2
+        frozen_after = learner_module(algo, "p1").state_dict()
+        for key, value in frozen_before.items():
+            assert torch.equal(value, frozen_after[key]), key
+        assert int(learner_module(algo, "p1").num_pushes) == 0
+        assert "p1" not in algo.learner_group._learner._tables
+    finally:
+        algo.stop()
+
+
+def test_restore_one_policy_of_two(ray_session, tmp_path):
+    """RLlib's restore-1-of-n pattern: only p0 comes from the checkpoint."""
+    trained = ma_config().build_algo()
+    try:
+        for _ in range(2):
+            trained.train()
+        trained.save_to_path(str(tmp_path))
+        trained_p0 = {k: v.clone() for k, v in learner_module(trained, "p0").state_dict().items()}
+    finally:
+        trained.stop()
+    fresh = ma_config().env_runners(num_env_runners=1).build_algo()
+    try:
+        component = f"{COMPONENT_LEARNER_GROUP}/{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}/p0"
+        fresh.restore_from_path(tmp_path / component, component=component)
+        p0, p1 = learner_module(fresh, "p0"), learner_module(fresh, "p1")
+        for key, value in trained_p0.items():
+            assert torch.equal(p0.state_dict()[key], value), key
+        assert int(p0.num_pushes) == 2 and int(p1.num_pushes) == 0
+        # The remote EnvRunner acts with the restored p0 stack at once.
+        obs = torch.randn(4, 4)
+        runner_logits = fresh.env_runner_group.foreach_env_runner(
+            lambda runner: runner.module["p0"].stack_logits(obs), local_env_runner=False
+        )
+        torch.testing.assert_close(runner_logits[0], p0.stack_logits(obs))
+        assert p0.stack_logits(obs).abs().sum() > 0
+        fresh.train()
+        assert int(learner_module(fresh, "p0").num_pushes) == 3
+    finally:
+        fresh.stop()
+
+
+def _load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.learning
+def test_both_policies_learn_multi_agent_cartpole(ray_session):
+    """Greedy return per policy >= 400 (of 500) within 80k env steps."""
+    config = _load_example("multi_agent_cartpole_staq").build_config(seed=0)
+    algo = config.build_algo()
+    best = {"p0": -np.inf, "p1": -np.inf}
+    try:
+        for _ in range(80):
+            result = algo.train()
+            if result["training_iteration"] % config.evaluation_interval:
+                continue
+            per_module = result["evaluation"]["env_runners"]["module_episode_returns_mean"]
+            for module_id in best:
+                best[module_id] = max(best[module_id], per_module[module_id])
+            print(result["training_iteration"], per_module, flush=True)
+            if min(best.values()) >= 400:
+                break
+    finally:
+        algo.stop()
+    assert min(best.values()) >= 400, best
