@@ -23,7 +23,7 @@ noisy machine. Parts:
   RLlib's PPO (its CartPole settings), each after its warm-up. StaQ starts
   with an empty stack, so this measures early iterations.
 * ``memory``: process RSS over many iterations with a full M=300 stack and a full
-  replay (RLlib's episode buffer grows until it holds its capacity).
+  replay table.
 * ``optimizer``: FQI time per gradient step with the package's fused Adam
   against torch's default Adam (RLlib's default optimizer), alternating.
 * ``contention``: FQI phase and iteration time for each torch thread setting,
@@ -347,15 +347,10 @@ def run_memory(args) -> None:
             f"{stack_params // (2 * stack_size):,} parameters x 4 bytes = {stack_mb:.0f} MiB "
             f"(learner; an inference-only EnvRunner holds one more copy)"
         )
-        buffer = algo.local_replay_buffer
-        warmup = 0
-        while buffer.get_num_episodes_evicted() == 0:
-            algo.train()
-            warmup += 1
-        print(
-            f"RLlib replay buffer full ({buffer.get_num_timesteps()} of {capacity} env steps) "
-            f"after {warmup} warm-up iterations of 200 env + 50 gradient steps"
-        )
+        # The learner's table is StaQ's only replay copy: a ring allocated at its
+        # capacity on the first add, full after the pre-fill.
+        table = algo.learner_group._learner._table(DEFAULT_MODULE_ID)
+        print(f"replay table full after the pre-fill ({table.size} of {table.capacity} rows)")
         readings: List[float] = []
         for iteration in range(1, args.memory_iterations + 1):
             algo.train()
@@ -506,7 +501,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0, help="per algorithm in e2e")
     parser.add_argument("--memory-iterations", type=int, default=50)
     parser.add_argument("--memory-replay-capacity", type=int, default=5000,
-                        help="replay capacity for `memory` (the RLlib buffer is filled first)")
+                        help="replay capacity for `memory` (the table is pre-filled)")
     parser.add_argument("--background-procs", type=int, default=1,
                         help="CPU-bound processes beside the timed one in `contention`")
     parser.add_argument("--contention-steps", type=int, default=500,
