@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from ray.rllib.algorithms.algorithm import Algorithm
-from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core import ALL_MODULES
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     EPISODE_RETURN_MEAN,
@@ -94,7 +94,7 @@ class IterationRecord:
     def from_result(
         cls, algo: Algorithm, result: Dict[str, Any], time_s: float, env_steps_per_s: float
     ) -> "IterationRecord":
-        learner = metric_at(result, LEARNER_RESULTS, DEFAULT_MODULE_ID, default={})
+        learner = policies_mean(result)
         greedy = NAN
         if evaluated_this_iteration(algo, result):
             greedy = metric_at(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
@@ -111,6 +111,22 @@ class IterationRecord:
             kl_pi_k_pi_k_plus_1=metric_at(learner, KL_NEW_OLD_KEY),
             stack_fill=int(metric_at(learner, STACK_FILL_KEY, default=0)),
         )
+
+
+def policies_mean(result: Dict[str, Any]) -> Dict[str, float]:
+    """The learner metrics of the progress line; with several policies, their mean
+    (the stack fill: the smallest), so a multi-agent run shows one line too."""
+    learners = metric_at(result, LEARNER_RESULTS, default={})
+    policies = [
+        metrics for module_id, metrics in learners.items()
+        if module_id != ALL_MODULES and isinstance(metrics, dict) and TD_LOSS_KEY in metrics
+    ]
+    if not policies:
+        return {}
+    keys = (TD_LOSS_KEY, MEAN_Q_KEY, POLICY_ENTROPY_KEY, KL_NEW_OLD_KEY)
+    mean = {key: float(sum(p[key] for p in policies) / len(policies)) for key in keys}
+    mean[STACK_FILL_KEY] = min(p[STACK_FILL_KEY] for p in policies)
+    return mean
 
 
 @dataclasses.dataclass
@@ -150,6 +166,7 @@ def legend(algo: Algorithm) -> str:
             f"  TD loss: on rewards x {algo.config.reward_scale} (reward_scale); it grows while "
             "the Q-values rise towards their fixed point, then falls",
             "  H(pi): policy entropy (nats); KL: KL(pi_k || pi_k+1); stack: Q-networks per member",
+            "  (with several policies: TD loss, H(pi) and KL are their mean, stack the smallest)",
         )
     )
 

@@ -168,3 +168,18 @@ def test_final_evaluation_uses_the_current_stack_with_remote_env_runners(ray_ses
         assert len(returns) == 2 and all(math.isfinite(r) and r >= 1 for r in returns)
     finally:
         algo.stop()
+
+
+def test_progress_line_averages_the_policies_of_a_multi_agent_run():
+    from rllib_staq.progress import policies_mean
+
+    policy = {"td_loss": 1.0, "mean_q": 2.0, "policy_entropy": 0.5, "kl_pi_k_pi_k_plus_1": 0.1,
+              "stack_fill": 4}
+    result = {"learners": {
+        "p0": policy,
+        "p1": {**policy, "td_loss": 3.0, "stack_fill": 2},
+        "__all_modules__": {"num_env_steps_trained": 10},
+    }}
+    mean = policies_mean(result)
+    assert mean["td_loss"] == 2.0 and mean["policy_entropy"] == 0.5 and mean["stack_fill"] == 2
+    assert policies_mean({"learners": {"default_policy": policy}})["td_loss"] == 1.0
