@@ -348,10 +348,10 @@ def run_comparison(
             max_concurrent_trials,
             print_fn,
         )
-        seeds_with_rows = set()
+        seeds_with_rows, experiment_rows = set(), []
         for result in grid:
             trial_rows = tidy_rows(result, experiment.label, experiment.env)
-            rows.extend(trial_rows)
+            experiment_rows.extend(trial_rows)
             seeds_with_rows |= {row["seed"] for row in trial_rows}
             if result.error:
                 seed, error = trial_seed(result), error_summary(result.error)
@@ -361,6 +361,8 @@ def run_comparison(
                     f"(full traceback under {result.path})",
                     flush=True,
                 )
+        # Tune's result order is not the seed order (and differs after a restore).
+        rows.extend(sorted(experiment_rows, key=lambda row: (row["seed"], row["iteration"])))
         # A trial that died before its first result, or that Tune lost on a restore, has
         # no rows and may carry no error: it is a failure too.
         reported = {

@@ -1,6 +1,7 @@
 """The comparison command: argument errors, the analysis on known curves, a tiny real run."""
 
 import importlib.util
+import json
 import pathlib
 
 import numpy as np
@@ -220,12 +221,10 @@ def test_random_score_of_cartpole():
 # ----------------------------------------------------------------------------- real runs
 
 
-def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
-    """StaQ and DQN on CartPole, 2 seeds, 400 env steps, through the real Tuner path."""
+def tiny_comparison_argv(tmp_path):
     module = tmp_path / "tiny_configs.py"
     module.write_text(TINY_CONFIGS)
-    out = tmp_path / "out"
-    argv = [
+    return [
         "--env",
         "CartPole-v1",
         "--algos",
@@ -240,8 +239,13 @@ def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
         "--config-module",
         str(module),
         "--out",
-        str(out),
+        str(tmp_path / "out"),
     ]
+
+
+def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
+    """StaQ and DQN on CartPole, 2 seeds, 400 env steps, through the real Tuner path."""
+    argv, out = tiny_comparison_argv(tmp_path), tmp_path / "out"
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out
     assert "[StaQ CartPole-v1 seed 1]" in printed and "trials:" in printed
@@ -255,19 +259,31 @@ def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
     # carries RLlib's repeated evaluation results at iterations 3 (and 1 has none).
     staq = csv[csv["algorithm"] == "StaQ"]
     assert set(staq["iteration"]) == {2, 4}
-    progress = pd.read_csv(next((out / "tune" / "StaQ__CartPole-v1").glob("*/progress.csv")))
-    assert len(progress) == 4
-    repeated = progress.set_index("training_iteration")[compare.EVAL_RETURN]
-    assert repeated[3] == repeated[2]
+    trial_results = next((out / "tune" / "StaQ__CartPole-v1").glob("*/result.json"))
+    history = [json.loads(line) for line in trial_results.read_text().splitlines()]
+    assert [result["training_iteration"] for result in history] == [1, 2, 3, 4]
+    greedy = [
+        result.get("evaluation", {}).get("env_runners", {}).get("episode_return_mean")
+        for result in history
+    ]
+    assert greedy[0] is None and greedy[2] == greedy[1]  # iteration 3 repeats iteration 2
+    assert [result[compare.EVALUATED] for result in history] == [0, 1, 0, 1]
     text = (out / "results.md").read_text()
     assert "### CartPole-v1" in text and "## Failed trials\n\nNone." in text
     assert (out / "curves_CartPole-v1_env_steps.png").exists()
     assert (out / "curves_CartPole-v1_wall_time.png").exists()
 
-    # Running the same command again restores both finished experiments.
+
+@pytest.mark.slow
+def test_rerun_restores_the_finished_experiments(tmp_path, ray_session, capsys):
+    """The same command again: Tuner.restore keeps both finished experiments (same CSV)."""
+    argv, out = tiny_comparison_argv(tmp_path), tmp_path / "out"
+    assert compare.main(argv) == 0
+    first = pd.read_csv(out / "curves.csv")
+    capsys.readouterr()
     assert compare.main(argv) == 0
     assert capsys.readouterr().out.count("Restoring") == 2
-    pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), csv)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), first)
 
 
 def test_failed_trial_is_reported_with_its_error(tmp_path, ray_session, capsys):
