@@ -1,4 +1,4 @@
-"""Named baseline presets: RLlib's own tuned settings for DQN, PPO and SAC, and StaQ's tuned examples.
+"""Named baseline presets: RLlib's tuned settings for DQN, PPO and SAC; StaQ's tuned examples.
 
 Where the values come from. The ``ray`` wheel (2.60) does not ship RLlib's tuned examples
 (``ray/rllib/tuned_examples/`` is absent from the installed package), so the values below were
