@@ -30,12 +30,10 @@ import pathlib
 from typing import Any, Dict, List
 
 import numpy as np
-
 import ray
 from ray import tune
 from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.algorithms.ppo import PPOConfig
-
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
 EVAL_RETURN = "evaluation/env_runners/episode_return_mean"
@@ -104,9 +102,7 @@ def build_param_space(args) -> Any:
         steps_per_iteration = 1000 if args.algo == "dqn" else 4000
         iterations_per_eval = max(1, args.eval_every // steps_per_iteration)
     config = evaluation_settings(config, iterations_per_eval)
-    return config.env_runners(num_env_runners=0).debugging(
-        seed=tune.grid_search(args.seeds)
-    )
+    return config.env_runners(num_env_runners=0).debugging(seed=tune.grid_search(args.seeds))
 
 
 def trial_label(result, grid_keys: List[str]) -> str:
@@ -119,16 +115,17 @@ def print_curves(by_label: Dict[str, Dict[int, List[Dict[str, Any]]]]) -> None:
     for label, seeds in by_label.items():
         seed_ids = sorted(seeds)
         returns = {
-            seed: {row["env_steps"]: row["eval_return"] for row in seeds[seed]}
-            for seed in seed_ids
+            seed: {row["env_steps"]: row["eval_return"] for row in seeds[seed]} for seed in seed_ids
         }
         print(f"\n{label}\n| env steps | " + " | ".join(f"seed {s}" for s in seed_ids) + " |")
         print("|---" * (len(seed_ids) + 1) + "|")
         for steps in sorted({steps for curve in returns.values() for steps in curve}):
             cells = [returns[s].get(steps) for s in seed_ids]
-            print(f"| {steps:,} | " + " | ".join(
-                "" if cell is None else f"{cell:.0f}" for cell in cells
-            ) + " |")
+            print(
+                f"| {steps:,} | "
+                + " | ".join("" if cell is None else f"{cell:.0f}" for cell in cells)
+                + " |"
+            )
 
 
 def summarise(rows: List[Dict[str, Any]], threshold: float) -> None:
@@ -136,12 +133,14 @@ def summarise(rows: List[Dict[str, Any]], threshold: float) -> None:
     for row in rows:
         by_label.setdefault(row["variant"], {}).setdefault(row["seed"], []).append(row)
     print_curves(by_label)
-    print(f"\n| variant | env steps to greedy >= {threshold:g} (per seed) | "
-          "last-3-eval greedy return (mean ± std over seeds) | env-steps/s |")
+    print(
+        f"\n| variant | env steps to greedy >= {threshold:g} (per seed) | "
+        "last-3-eval greedy return (mean ± std over seeds) | env-steps/s |"
+    )
     print("|---|---|---|---|")
     for label, seeds in by_label.items():
         reached, finals, speeds = [], [], []
-        for seed, curve in sorted(seeds.items()):
+        for _seed, curve in sorted(seeds.items()):
             hits = [r["env_steps"] for r in curve if r["eval_return"] >= threshold]
             reached.append(f"{hits[0]:,}" if hits else "not reached")
             finals.append(np.mean([r["eval_return"] for r in curve[-3:]]))
@@ -175,15 +174,23 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--grid", default="{}", help="JSON: StaQ training field -> values")
     parser.add_argument("--stop-timesteps", type=int, default=100_000)
-    parser.add_argument("--time-budget-s", type=float, default=None,
-                        help="stop each trial after this many seconds")
+    parser.add_argument(
+        "--time-budget-s", type=float, default=None, help="stop each trial after this many seconds"
+    )
     parser.add_argument("--eval-every", type=int, default=5000, help="env steps")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="greedy return to report (default: the example's stop reward)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="greedy return to report (default: the example's stop reward)",
+    )
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--out", default=None, help="CSV path for the curves")
-    parser.add_argument("--experiment", default=None,
-                        help="summarise this finished Tune experiment folder instead of training")
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="summarise this finished Tune experiment folder instead of training",
+    )
     args = parser.parse_args()
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     args.grid = json.loads(args.grid)
@@ -212,13 +219,15 @@ def main() -> None:
         frame = frame[frame["training_iteration"] % result.config["evaluation_interval"] == 0]
         label = f"{label_prefix} {trial_label(result, list(args.grid))}"
         for _, record in frame.iterrows():
-            rows.append({
-                "variant": label,
-                "seed": result.config["seed"],
-                "env_steps": int(record[ENV_STEPS]),
-                "eval_return": float(record[EVAL_RETURN]),
-                "time_s": float(record["time_total_s"]),
-            })
+            rows.append(
+                {
+                    "variant": label,
+                    "seed": result.config["seed"],
+                    "env_steps": int(record[ENV_STEPS]),
+                    "eval_return": float(record[EVAL_RETURN]),
+                    "time_s": float(record["time_total_s"]),
+                }
+            )
     if args.out:
         with open(args.out, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -79,9 +79,8 @@ def time_full_stack(args) -> None:
     sys.path.insert(0, os.path.abspath(args.official_dir))
     import gymnasium as gym
     import numpy as np
-    import torch
-
     import staq as official
+    import torch
     from rl_tools import Sampler
 
     torch.set_num_threads(args.threads)
@@ -90,9 +89,17 @@ def time_full_stack(args) -> None:
     cpu = torch.device("cpu")
     ensemble = [
         official.StaQNet(
-            4, 2, nb_hidden=2, hidden_width=256, memory_size=300, use_w_correction=1,
-            kl_weight=20.0, entropy_weight=2.0 / np.log(2), device=cpu,
-            network_type="mlp", cnn_config=None,
+            4,
+            2,
+            nb_hidden=2,
+            hidden_width=256,
+            memory_size=300,
+            use_w_correction=1,
+            kl_weight=20.0,
+            entropy_weight=2.0 / np.log(2),
+            device=cpu,
+            network_type="mlp",
+            cnn_config=None,
         )
         for _ in range(2)
     ]
@@ -103,8 +110,10 @@ def time_full_stack(args) -> None:
                     param.add_(torch.randn_like(param), alpha=0.01)
                 member.update_sigq()
     networks = ensemble[0].froz_feat.sweights[0].shape[0]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"official stack: {networks} networks per ensemble member, 2 members")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"official stack: {networks} networks per ensemble member, 2 members"
+    )
 
     sampler = Sampler(gym.make("CartPole-v1"))
     policy = lambda obs: official.numpy_egreedy_softpolicy(obs, ensemble, 0.05, cpu)  # noqa: E731
@@ -112,8 +121,10 @@ def time_full_stack(args) -> None:
     start = time.perf_counter()
     sampler.rollouts(policy, min_trans=args.env_steps, max_trans=args.env_steps)
     acting = time.perf_counter() - start
-    print(f"acting: {acting / args.env_steps * 1e3:.2f} ms per env step "
-          f"({args.env_steps} steps, {acting:.1f} s)")
+    print(
+        f"acting: {acting / args.env_steps * 1e3:.2f} ms per env step "
+        f"({args.env_steps} steps, {acting:.1f} s)"
+    )
 
     next_obs = torch.randn(args.replay_rows, 4)
     start = time.perf_counter()

@@ -33,7 +33,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rllib_staq import pmd
@@ -181,8 +180,11 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--stack-sizes", default="1,10,50,100,300")
     parser.add_argument("--batches", default="1,256,50000")
-    parser.add_argument("--form-batches", default=f"1,256,{LOGITS_CHUNK}",
-                        help="batches for the comparison of forms (one learner chunk at most)")
+    parser.add_argument(
+        "--form-batches",
+        default=f"1,256,{LOGITS_CHUNK}",
+        help="batches for the comparison of forms (one learner chunk at most)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,9 +215,15 @@ def main():
                 per_member_ratio = t / m / baseline[b]
                 cells.append(f"{t * 1e3:10.3f} ms ({per_member_ratio:5.3f}x/mem)")
             print(f"{m:5d} " + " ".join(f"{c:>28}" for c in cells))
-            print(f"      stack memory: {m} x 2 x {sum(p.numel() for p in module.q_nets[0].parameters())}"
-                  f" params x 4 B = {m * 2 * sum(p.numel() for p in module.q_nets[0].parameters()) * 4 / 2**20:.1f} MiB")
-        print(f"\nForms of the stacked forward at M={stack_sizes[-1]} ({name}), loop = official code's form")
+            member_params = sum(p.numel() for p in module.q_nets[0].parameters())
+            print(
+                f"      stack memory: {m} x 2 x {member_params} params x 4 B = "
+                f"{m * 2 * member_params * 4 / 2**20:.1f} MiB"
+            )
+        print(
+            f"\nForms of the stacked forward at M={stack_sizes[-1]} ({name}), "
+            "loop = official code's form"
+        )
         compare_forms(module, space, [int(b) for b in args.form_batches.split(",")], args.device)
 
 

@@ -44,9 +44,8 @@ from typing import Dict, List
 
 import gymnasium as gym
 import numpy as np
-import torch
-
 import ray
+import torch
 from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core import DEFAULT_MODULE_ID
@@ -172,9 +171,7 @@ def run_split(args) -> None:
     print("|---" * (len(SPLIT_COLUMNS) + 2) + "|")
     baseline = None
     for stack_size in args.stack_sizes:
-        config = staq_config(
-            args, stack_size, args.env_steps, args.grad_steps, args.split_num_envs
-        )
+        config = staq_config(args, stack_size, args.env_steps, args.grad_steps, args.split_num_envs)
         algo = config.build_algo()
         try:
             # +1 push when M pushes would land the rolling refresh on window 0
@@ -281,10 +278,16 @@ def run_e2e(args) -> None:
             config.learners(num_learners=0, num_gpus_per_learner=1)
     runs = [
         ("DQN (1 grad step of 256 per env step)", dqn, 1000),
-        ("StaQ (M=300, 5000+5000/iter, 1 env)",
-         staq_config(args, 300, args.env_steps, args.grad_steps, 1), args.env_steps),
-        ("StaQ (M=300, 5000+5000/iter, 16 vector envs)",
-         staq_config(args, 300, args.env_steps, args.grad_steps, 16), args.env_steps),
+        (
+            "StaQ (M=300, 5000+5000/iter, 1 env)",
+            staq_config(args, 300, args.env_steps, args.grad_steps, 1),
+            args.env_steps,
+        ),
+        (
+            "StaQ (M=300, 5000+5000/iter, 16 vector envs)",
+            staq_config(args, 300, args.env_steps, args.grad_steps, 16),
+            args.env_steps,
+        ),
         ("PPO (RLlib CartPole settings)", ppo, 4000),
     ]
     print(
@@ -338,9 +341,7 @@ def run_memory(args) -> None:
     try:
         prefill(algo, capacity, stack_size)
         module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
-        stack_params = sum(
-            module.stack_buffer(name).numel() for name in module.param_names
-        )
+        stack_params = sum(module.stack_buffer(name).numel() for name in module.param_names)
         stack_mb = stack_params * 4 / 2**20
         print(
             f"\n## Memory: full M={stack_size} stack = {stack_size} x 2 members x "
@@ -355,7 +356,11 @@ def run_memory(args) -> None:
         for iteration in range(1, args.memory_iterations + 1):
             algo.train()
             readings.append(rss_megabytes())
-            if iteration in (1, 10, 25) or iteration % 50 == 0 or iteration == args.memory_iterations:
+            if (
+                iteration in (1, 10, 25)
+                or iteration % 50 == 0
+                or iteration == args.memory_iterations
+            ):
                 print(f"iteration {iteration:3d}: RSS {readings[-1]:.0f} MiB", flush=True)
         print(
             f"RSS from iteration 1 to {len(readings)}: {readings[-1] - readings[0]:+.1f} MiB "
@@ -400,8 +405,10 @@ def run_optimizer(args) -> None:
     print("|---|---|---|")
     default = float(np.mean(fqi_ms["default Adam"]))
     for name, values in fqi_ms.items():
-        print(f"| {name} | {np.mean(values):.3f} ± {np.std(values):.3f} | "
-              f"{np.mean(values) / default:.2f}x |")
+        print(
+            f"| {name} | {np.mean(values):.3f} ± {np.std(values):.3f} | "
+            f"{np.mean(values) / default:.2f}x |"
+        )
 
 
 # label -> (intra_op_threads, extra environment variables)
@@ -418,8 +425,11 @@ def contention_worker(args) -> None:
     """One thread setting in this fresh process: prints FQI and iteration seconds."""
     config = staq_config(args, 1, args.contention_steps, args.contention_steps, 1)
     setting = args.contention_threads
-    config.training(intra_op_threads=None if setting == "none" else
-                    (int(setting) if setting.isdigit() else setting))
+    config.training(
+        intra_op_threads=None
+        if setting == "none"
+        else (int(setting) if setting.isdigit() else setting)
+    )
     algo = config.build_algo()
     try:
         prefill(algo, args.replay_fill, 1)
@@ -432,8 +442,9 @@ def contention_worker(args) -> None:
             fqi.append(result[LEARNER_RESULTS][DEFAULT_MODULE_ID]["fqi_phase_timer"])
     finally:
         algo.stop()
-    print(f"CONTENTION {torch.get_num_threads()} {np.mean(fqi):.4f} {np.mean(total):.4f}",
-          flush=True)
+    print(
+        f"CONTENTION {torch.get_num_threads()} {np.mean(fqi):.4f} {np.mean(total):.4f}", flush=True
+    )
 
 
 def _time_setting(intra_op_threads, extra_env: Dict[str, str], args) -> tuple:
@@ -443,11 +454,20 @@ def _time_setting(intra_op_threads, extra_env: Dict[str, str], args) -> tuple:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(extra_env)
     command = [
-        sys.executable, __file__, "--part", "contention-worker",
-        "--contention-threads", str(intra_op_threads).lower(),
-        "--contention-steps", str(args.contention_steps),
-        "--iterations", str(args.iterations), "--replay-fill", str(args.replay_fill),
-        "--device", args.device,
+        sys.executable,
+        __file__,
+        "--part",
+        "contention-worker",
+        "--contention-threads",
+        str(intra_op_threads).lower(),
+        "--contention-steps",
+        str(args.contention_steps),
+        "--iterations",
+        str(args.iterations),
+        "--replay-fill",
+        str(args.replay_fill),
+        "--device",
+        args.device,
     ]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     _, threads, fqi, total = next(
@@ -466,46 +486,64 @@ def run_contention(args) -> None:
         f"{args.replay_fill}), quiet vs beside {args.background_procs} CPU-bound process(es); "
         f"mean of {args.iterations} after a warm-up, each setting in a fresh process"
     )
-    print("| setting | threads | FQI quiet | FQI busy | FQI slowdown "
-          "| iteration quiet | iteration busy | iteration slowdown |")
+    print(
+        "| setting | threads | FQI quiet | FQI busy | FQI slowdown "
+        "| iteration quiet | iteration busy | iteration slowdown |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for label, (intra_op_threads, extra_env) in THREAD_SETTINGS.items():
         threads, fqi_quiet, total_quiet = _time_setting(intra_op_threads, extra_env, args)
-        burners = [subprocess.Popen([sys.executable, "-c", BURN_CPU])
-                   for _ in range(args.background_procs)]
+        burners = [
+            subprocess.Popen([sys.executable, "-c", BURN_CPU]) for _ in range(args.background_procs)
+        ]
         try:
             _, fqi_busy, total_busy = _time_setting(intra_op_threads, extra_env, args)
         finally:
             for burner in burners:
                 burner.kill()
                 burner.wait()
-        print(f"| {label} | {threads} | {fqi_quiet:.2f} | {fqi_busy:.2f} | "
-              f"{fqi_busy / fqi_quiet:.2f}x | {total_quiet:.2f} | {total_busy:.2f} | "
-              f"{total_busy / total_quiet:.2f}x |", flush=True)
+        print(
+            f"| {label} | {threads} | {fqi_quiet:.2f} | {fqi_busy:.2f} | "
+            f"{fqi_busy / fqi_quiet:.2f}x | {total_quiet:.2f} | {total_busy:.2f} | "
+            f"{total_busy / total_quiet:.2f}x |",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", default="all",
-                        choices=["all", *PARTS, "contention-worker"])
+    parser.add_argument("--part", default="all", choices=["all", *PARTS, "contention-worker"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stack-sizes", default="1,50,300")
     parser.add_argument("--env-steps", type=int, default=5000)
     parser.add_argument("--grad-steps", type=int, default=5000)
-    parser.add_argument("--split-num-envs", type=int, default=16,
-                        help="vector envs per EnvRunner in the split")
+    parser.add_argument(
+        "--split-num-envs", type=int, default=16, help="vector envs per EnvRunner in the split"
+    )
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per M")
     parser.add_argument("--replay-fill", type=int, default=50_000)
     parser.add_argument("--num-envs", default="1,4,16", help="vector env counts for `acting`")
     parser.add_argument("--acting-forwards", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=90.0, help="per algorithm in e2e")
     parser.add_argument("--memory-iterations", type=int, default=50)
-    parser.add_argument("--memory-replay-capacity", type=int, default=5000,
-                        help="replay capacity for `memory` (the table is pre-filled)")
-    parser.add_argument("--background-procs", type=int, default=1,
-                        help="CPU-bound processes beside the timed one in `contention`")
-    parser.add_argument("--contention-steps", type=int, default=500,
-                        help="env steps and gradient steps per iteration in `contention`")
+    parser.add_argument(
+        "--memory-replay-capacity",
+        type=int,
+        default=5000,
+        help="replay capacity for `memory` (the table is pre-filled)",
+    )
+    parser.add_argument(
+        "--background-procs",
+        type=int,
+        default=1,
+        help="CPU-bound processes beside the timed one in `contention`",
+    )
+    parser.add_argument(
+        "--contention-steps",
+        type=int,
+        default=500,
+        help="env steps and gradient steps per iteration in `contention`",
+    )
     parser.add_argument("--contention-threads", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]

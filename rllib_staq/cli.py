@@ -39,7 +39,9 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 FINAL_EVAL_FIRST_SEED = 2_000_000
 GREEDY_RETURN = f"{EVALUATION_RESULTS}/{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}"
 
-RLLIB_DEFAULTS = {action.dest: action.default for action in add_rllib_example_script_args()._actions}
+RLLIB_DEFAULTS = {
+    action.dest: action.default for action in add_rllib_example_script_args()._actions
+}
 # The flags the tuned examples add to RLlib's, with their defaults.
 OWN_DEFAULTS = {"seed": 0, "run_dir": None, "final_eval_episodes": 20}
 

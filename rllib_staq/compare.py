@@ -384,7 +384,11 @@ def run_comparison(
                 "no evaluation results",
                 flush=True,
             )
+    # Tune returns trials in no fixed order (a restore reorders them): sort, so the
+    # same results always give the same file.
+    order = ["algorithm", "env", "seed", "env_steps"]
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
     frame.to_csv(out / "curves.csv", index=False)
     return frame, failures
 

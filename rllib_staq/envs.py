@@ -108,7 +108,8 @@ class DiscreteBoxActions(gym.ActionWrapper):
         index = int(action)
         if not 0 <= index < len(self._box_actions):
             raise ValueError(
-                f"DiscreteBoxActions: action must be in 0..{len(self._box_actions) - 1}, got {action}."
+                "DiscreteBoxActions: action must be in "
+                f"0..{len(self._box_actions) - 1}, got {action}."
             )
         return self._box_actions[index].copy()
 

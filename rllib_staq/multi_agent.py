@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import gymnasium as gym
-
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 from ray.rllib.utils.typing import AgentID, ModuleID

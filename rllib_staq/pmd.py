@@ -63,9 +63,7 @@ def closed_form_slot_weights(
     return weight_correction(beta, stack_size, corrected) * alpha * powers
 
 
-def decay_slots_for_push(
-    slot_decay: Tensor, num_pushes: int, beta: float
-) -> Tuple[Tensor, int]:
+def decay_slots_for_push(slot_decay: Tensor, num_pushes: int, beta: float) -> Tuple[Tensor, int]:
     """Ring bookkeeping of one push: old members decay by beta, the new one gets 1.
 
     ``slot_decay``: ``[M]``, the product of the betas applied to each slot since

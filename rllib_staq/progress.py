@@ -100,7 +100,9 @@ class IterationRecord:
             greedy = metric_at(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
         return cls(
             iteration=int(result["training_iteration"]),
-            env_steps=int(metric_at(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)),
+            env_steps=int(
+                metric_at(result, ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME, default=0)
+            ),
             time_s=time_s,
             env_steps_per_s=env_steps_per_s,
             training_return=metric_at(result, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN),
@@ -118,7 +120,8 @@ def policies_mean(result: Dict[str, Any]) -> Dict[str, float]:
     (the stack fill: the smallest), so a multi-agent run shows one line too."""
     learners = metric_at(result, LEARNER_RESULTS, default={})
     policies = [
-        metrics for module_id, metrics in learners.items()
+        metrics
+        for module_id, metrics in learners.items()
         if module_id != ALL_MODULES and isinstance(metrics, dict) and TD_LOSS_KEY in metrics
     ]
     if not policies:
@@ -183,9 +186,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def progress_line(
-    record: IterationRecord, fraction: float, eta_s: float, greedy: str
-) -> str:
+def progress_line(record: IterationRecord, fraction: float, eta_s: float, greedy: str) -> str:
     cells = (
         f"{100 * fraction:5.1f}%",
         f"{record.iteration}",

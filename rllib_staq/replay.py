@@ -50,9 +50,7 @@ class TransitionTable:
         self, batch_size: int, generator: Optional[torch.Generator] = None
     ) -> torch.Tensor:
         """Uniform indices with replacement over the filled rows."""
-        return torch.randint(
-            self.size, (batch_size,), generator=generator, device=self.device
-        )
+        return torch.randint(self.size, (batch_size,), generator=generator, device=self.device)
 
     def gather(self, indices: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {key: value[indices] for key, value in self.columns.items()}

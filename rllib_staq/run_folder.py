@@ -69,24 +69,36 @@ class RunFolder:
 
         steps = [r.env_steps for r in self.records]
         iterations = [r.iteration for r in self.records]
-        greedy = [(r.env_steps, r.greedy_return) for r in self.records
-                  if not _is_nan(r.greedy_return)]
+        greedy = [
+            (r.env_steps, r.greedy_return) for r in self.records if not _is_nan(r.greedy_return)
+        ]
         fig, (returns_ax, policy_ax) = plt.subplots(1, 2, figsize=(11, 4))
-        returns_ax.plot(steps, [r.training_return for r in self.records],
-                        label="training return (epsilon-softmax)")
+        returns_ax.plot(
+            steps,
+            [r.training_return for r in self.records],
+            label="training return (epsilon-softmax)",
+        )
         if greedy:
             returns_ax.plot(*zip(*greedy), "o-", label="greedy return (evaluation)")
         returns_ax.set_xlabel("env steps")
         returns_ax.set_ylabel("episode return")
         returns_ax.legend()
         returns_ax.grid(alpha=0.3)
-        policy_ax.plot(iterations, [r.policy_entropy for r in self.records],
-                       color="tab:green", label="policy entropy H(pi)")
+        policy_ax.plot(
+            iterations,
+            [r.policy_entropy for r in self.records],
+            color="tab:green",
+            label="policy entropy H(pi)",
+        )
         policy_ax.set_xlabel("iteration")
         policy_ax.set_ylabel("entropy (nats)", color="tab:green")
         kl_ax = policy_ax.twinx()
-        kl_ax.plot(iterations, [r.kl_pi_k_pi_k_plus_1 for r in self.records],
-                   color="tab:red", label="KL(pi_k || pi_k+1)")
+        kl_ax.plot(
+            iterations,
+            [r.kl_pi_k_pi_k_plus_1 for r in self.records],
+            color="tab:red",
+            label="KL(pi_k || pi_k+1)",
+        )
         kl_ax.set_ylabel("KL(pi_k || pi_k+1)", color="tab:red")
         policy_ax.grid(alpha=0.3)
         fig.suptitle(title)

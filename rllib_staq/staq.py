@@ -18,7 +18,6 @@ import logging
 from typing import Any, Dict, Optional, Type, Union
 
 import gymnasium as gym
-
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core import COMPONENT_LEARNER_GROUP
@@ -362,7 +361,7 @@ def validate_action_space(action_space: gym.Space) -> None:
             "rllib_staq.DiscreteBoxActions (the paper's 2d+1 actions: midpoint, or one "
             "dimension at its low or high bound), e.g. `tune.register_env('my-env', lambda "
             "cfg: DiscreteBoxActions(gymnasium.make('Hopper-v5')))`; the paper's five robots "
-            "are registered as StaQ/Hopper-v5, ... (README \"Environments\")."
+            'are registered as StaQ/Hopper-v5, ... (README "Environments").'
         )
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_config
 from rllib_staq import StaQ
 from rllib_staq.torch.staq_torch_learner import NEXT_STACK_SUM
+
+from conftest import tiny_config
 
 MODULE_ID = "default_policy"
 
@@ -91,7 +92,10 @@ def test_restore_from_path_on_fresh_algorithm(trained_checkpoint):
         _assert_state_equal(_module(original).get_state(), _module(fresh).get_state())
         local_logits = fresh.env_runner.module.stack_logits(torch.ones(2, 4))
         torch.testing.assert_close(local_logits, _module(fresh).stack_logits(torch.ones(2, 4)))
-        assert fresh.learner_group._learner._tables[MODULE_ID].filled(NEXT_STACK_SUM).shape == (300, 2)
+        assert fresh.learner_group._learner._tables[MODULE_ID].filled(NEXT_STACK_SUM).shape == (
+            300,
+            2,
+        )
     finally:
         fresh.stop()
 

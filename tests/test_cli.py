@@ -4,8 +4,6 @@ import math
 import re
 
 import pytest
-from conftest import cartpole_example, tiny_config, tiny_evaluated_config
-from conftest import parse_example_flags as parse
 
 from rllib_staq import cli
 from rllib_staq.progress import (
@@ -17,6 +15,8 @@ from rllib_staq.progress import (
     train_with_progress,
 )
 
+from conftest import cartpole_example, tiny_config, tiny_evaluated_config
+from conftest import parse_example_flags as parse
 
 
 # --------------------------------------------------------------------------- #
@@ -52,18 +52,29 @@ def test_the_default_flags_are_all_accepted_in_both_paths():
 
 def test_flags_reach_the_config_in_both_paths(tmp_path):
     argv = [
-        "--seed", "7",
-        "--num-env-runners", "2",
-        "--num-envs-per-env-runner", "4",
-        "--num-learners", "1",
-        "--num-cpus-per-learner", "1",
-        "--evaluation-duration", "3",  # without --evaluation-interval: still applied
-        "--evaluation-num-env-runners", "1",
-        "--log-level", "ERROR",
-        "--output", str(tmp_path / "episodes"),
+        "--seed",
+        "7",
+        "--num-env-runners",
+        "2",
+        "--num-envs-per-env-runner",
+        "4",
+        "--num-learners",
+        "1",
+        "--num-cpus-per-learner",
+        "1",
+        "--evaluation-duration",
+        "3",  # without --evaluation-interval: still applied
+        "--evaluation-num-env-runners",
+        "1",
+        "--log-level",
+        "ERROR",
+        "--output",
+        str(tmp_path / "episodes"),
     ]
     for path_flags in ([], ["--no-tune"]):
-        config = cli.apply_example_flags(cartpole_example().build_config(), parse(*argv, *path_flags))
+        config = cli.apply_example_flags(
+            cartpole_example().build_config(), parse(*argv, *path_flags)
+        )
         assert config.seed == 7
         assert config.num_env_runners == 2 and config.num_envs_per_env_runner == 4
         assert config.num_learners == 1 and config.num_cpus_per_learner == 1
@@ -173,13 +184,20 @@ def test_final_evaluation_uses_the_current_stack_with_remote_env_runners(ray_ses
 def test_progress_line_averages_the_policies_of_a_multi_agent_run():
     from rllib_staq.progress import policies_mean
 
-    policy = {"td_loss": 1.0, "mean_q": 2.0, "policy_entropy": 0.5, "kl_pi_k_pi_k_plus_1": 0.1,
-              "stack_fill": 4}
-    result = {"learners": {
-        "p0": policy,
-        "p1": {**policy, "td_loss": 3.0, "stack_fill": 2},
-        "__all_modules__": {"num_env_steps_trained": 10},
-    }}
+    policy = {
+        "td_loss": 1.0,
+        "mean_q": 2.0,
+        "policy_entropy": 0.5,
+        "kl_pi_k_pi_k_plus_1": 0.1,
+        "stack_fill": 4,
+    }
+    result = {
+        "learners": {
+            "p0": policy,
+            "p1": {**policy, "td_loss": 3.0, "stack_fill": 2},
+            "__all_modules__": {"num_env_steps_trained": 10},
+        }
+    }
     mean = policies_mean(result)
     assert mean["td_loss"] == 2.0 and mean["policy_entropy"] == 0.5 and mean["stack_fill"] == 2
     assert policies_mean({"learners": {"default_policy": policy}})["td_loss"] == 1.0

@@ -3,8 +3,9 @@
 import gymnasium as gym
 import pytest
 
-from conftest import tiny_config
 from rllib_staq import StaQ, StaQConfig
+
+from conftest import tiny_config
 
 
 @pytest.mark.parametrize(
@@ -61,9 +62,7 @@ def test_rollout_fragments_add_up_to_env_steps_per_iteration():
     config = tiny_config(env_steps_per_iteration=1001).env_runners(
         num_env_runners=3, num_envs_per_env_runner=2
     )
-    total = sum(
-        config.get_rollout_fragment_length(worker_index=i) * 2 for i in range(1, 4)
-    )
+    total = sum(config.get_rollout_fragment_length(worker_index=i) * 2 for i in range(1, 4))
     # Exact up to the granularity of one step per env of a runner.
     assert 1001 <= total < 1001 + 6
     assert tiny_config(env_steps_per_iteration=500).get_rollout_fragment_length() == 500

@@ -16,7 +16,7 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def readme_deploy_block() -> str:
     with open(README) as readme:
         text = readme.read()
-    section = text[text.index("## Use a trained policy"):]
+    section = text[text.index("## Use a trained policy") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -41,7 +41,9 @@ def test_readme_block_loads_the_module_without_ray_and_plays_greedy_episode(tmp_
     assert not ray.is_initialized()
 
     block = readme_deploy_block()
-    block, replaced = re.subn(r'^checkpoint = ".*"', f"checkpoint = {checkpoint!r}", block, flags=re.M)
+    block, replaced = re.subn(
+        r'^checkpoint = ".*"', f"checkpoint = {checkpoint!r}", block, flags=re.M
+    )
     assert replaced == 1
     namespace, printed = {}, io.StringIO()
     with redirect_stdout(printed):

@@ -19,7 +19,9 @@ def test_same_seed_same_weights_and_metrics(ray_session):
     state_a, metrics_a = _run(seed=3)
     state_b, metrics_b = _run(seed=3)
     for key in state_a:
-        np.testing.assert_array_equal(np.asarray(state_a[key]), np.asarray(state_b[key]), err_msg=key)
+        np.testing.assert_array_equal(
+            np.asarray(state_a[key]), np.asarray(state_b[key]), err_msg=key
+        )
     for key in ("td_loss", "mean_q", "policy_entropy", "kl_pi_k_pi_k_plus_1"):
         assert metrics_a[key] == metrics_b[key], key
     state_c, _ = _run(seed=4)

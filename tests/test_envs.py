@@ -7,13 +7,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from ray import tune
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rllib_staq import DiscreteBoxActions, envs
 from rllib_staq.staq import validate_action_space
 from rllib_staq.torch.default_staq_torch_rl_module import DefaultStaQTorchRLModule
+
+from conftest import tiny_config
 
 # Bounds that are neither symmetric nor centred on zero, and a float64 dtype.
 LOW = np.array([-1.0, 0.0, 2.0])

@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-
 from ray.rllib.core.columns import Columns
 
-from conftest import tiny_config
 from rllib_staq import pmd
 from rllib_staq.torch.default_staq_torch_rl_module import QF_TARGET_NEXT_PREDS
 from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, NEXT_STACK_SUM, adam
+
+from conftest import tiny_config
 
 MODULE_ID = "default_policy"
 
@@ -69,7 +69,9 @@ def test_loss_equals_hand_computed_soft_target(algo):
     )
     with torch.no_grad():
         by_hand = sum(
-            ((net(batch[Columns.OBS])[torch.arange(3), batch[Columns.ACTIONS]] - target) ** 2).mean()
+            (
+                (net(batch[Columns.OBS])[torch.arange(3), batch[Columns.ACTIONS]] - target) ** 2
+            ).mean()
             for net in module.q_nets
         )
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
@@ -95,7 +97,9 @@ def test_sampled_next_action_target_follows_pi_k(ray_session):
         tau = 0.4
         scale_before = module.logit_scale.clone()
         module.logit_scale.fill_(1.0)
-        targets = torch.stack([learner._fqi_target(MODULE_ID, module, batch, tau) for _ in range(40)])
+        targets = torch.stack(
+            [learner._fqi_target(MODULE_ID, module, batch, tau) for _ in range(40)]
+        )
         module.logit_scale.copy_(scale_before)
         with torch.no_grad():
             q_next = module.forward_target({Columns.OBS: batch[Columns.NEXT_OBS]})
@@ -103,8 +107,14 @@ def test_sampled_next_action_target_follows_pi_k(ray_session):
 
         def target_for(next_actions):
             return pmd.soft_sarsa_target(
-                batch[Columns.REWARDS], batch[Columns.TERMINATEDS], q_next, logits, tau,
-                algo.config.gamma, algo.config.reward_scale, next_actions=torch.tensor(next_actions),
+                batch[Columns.REWARDS],
+                batch[Columns.TERMINATEDS],
+                q_next,
+                logits,
+                tau,
+                algo.config.gamma,
+                algo.config.reward_scale,
+                next_actions=torch.tensor(next_actions),
             )
 
         torch.testing.assert_close(targets[:, 0], target_for([1, 1])[0].expand(40))
@@ -136,12 +146,23 @@ def test_one_update_is_one_staq_iteration(algo):
     slot = (int(module.num_pushes) - 1) % config.stack_size
     row = slot * module.num_q_networks
     assert torch.equal(module.stack_buffer("head.weight")[row], module.q_nets[0].head.weight)
-    for key in ("td_loss", "mean_q", "policy_entropy", "kl_pi_k_pi_k_plus_1", "pmd_alpha",
-                "pmd_beta", "entropy_coeff", "epsilon", "fqi_phase_timer",
-                "next_state_logits_timer", "push_timer"):
+    for key in (
+        "td_loss",
+        "mean_q",
+        "policy_entropy",
+        "kl_pi_k_pi_k_plus_1",
+        "pmd_alpha",
+        "pmd_beta",
+        "entropy_coeff",
+        "epsilon",
+        "fqi_phase_timer",
+        "next_state_logits_timer",
+        "push_timer",
+    ):
         assert math.isfinite(learner_metrics[key]), key
     assert learner_metrics["entropy_coeff"] == pytest.approx(
-        pmd.scaled_entropy_coeff(2.0 - 1.6 * 100 * algo.training_iteration / 500_000, 2, True), rel=0.05
+        pmd.scaled_entropy_coeff(2.0 - 1.6 * 100 * algo.training_iteration / 500_000, 2, True),
+        rel=0.05,
     )
 
 
@@ -199,11 +220,7 @@ def test_new_transitions_reuse_acting_stack_outputs(ray_session):
 @pytest.mark.parametrize("skip_nan_gradients", [False, True])
 def test_fqi_step_with_nan_gradients_zeroes_them_or_skips(ray_session, skip_nan_gradients):
     """The FQI loop's one-check optimizer step keeps RLlib's nan/inf semantics."""
-    algo = (
-        tiny_config()
-        .framework(torch_skip_nan_gradients=skip_nan_gradients)
-        .build_algo()
-    )
+    algo = tiny_config().framework(torch_skip_nan_gradients=skip_nan_gradients).build_algo()
     try:
         learner = _learner(algo)
         params = list(learner._params.values())

@@ -13,10 +13,10 @@ import sys
 import textwrap
 import time
 
+from rllib_staq import cli
+
 from conftest import parse_example_flags as parse
 from conftest import tiny_evaluated_config
-
-from rllib_staq import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,8 +32,17 @@ def test_no_tune_run_writes_csv_curve_checkpoints_and_evaluates_on_new_seeds(tmp
 
     run_dir = tmp_path / "run"
     args = parse(
-        "--no-tune", "--stop-iters", "4", "--checkpoint-freq", "2",
-        "--run-dir", str(run_dir), "--final-eval-episodes", "3", "--num-cpus", "2",
+        "--no-tune",
+        "--stop-iters",
+        "4",
+        "--checkpoint-freq",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--final-eval-episodes",
+        "3",
+        "--num-cpus",
+        "2",
     )
     lines = []
     ray_results_before = ray_results_entries()
@@ -76,7 +85,7 @@ CTRL_C_SCRIPT = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, {tests!r})
-    from conftest import cartpole_example, parse_example_flags as parse, tiny_config, tiny_evaluated_config
+    from conftest import tiny_config
     from rllib_staq.cli import example_parser, main
 
     def build_config(num_env_runners=0, seed=0):
@@ -112,5 +121,3 @@ def test_ctrl_c_stops_cleanly_with_a_summary_a_checkpoint_and_exit_status_130(tm
     assert "Stopped: interrupted" in output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     assert (run_dir / "checkpoint").is_dir() and (run_dir / "progress.csv").is_file()
-
-

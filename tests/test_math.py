@@ -62,8 +62,10 @@ def test_ring_order_and_eviction():
 def _random_mlp_stack(num_members, in_dim=4, hidden=8, actions=3, seed=0):
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
-    dense = [(rand(num_members, hidden, in_dim), rand(num_members, hidden)),
-             (rand(num_members, hidden, hidden), rand(num_members, hidden))]
+    dense = [
+        (rand(num_members, hidden, in_dim), rand(num_members, hidden)),
+        (rand(num_members, hidden, hidden), rand(num_members, hidden)),
+    ]
     head = (rand(num_members, actions, hidden), rand(num_members, actions))
     return dense, head
 
@@ -97,7 +99,10 @@ def test_stacked_forward_equals_weighted_sum_mlp(num_members, batch, form):
 def test_stacked_forward_equals_weighted_sum_cnn(batch, form):
     members, gen = 3, torch.Generator().manual_seed(1)
     rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    conv = [(rand(members, 4, 2, 3, 3), rand(members, 4), 1), (rand(members, 5, 4, 2, 2), rand(members, 5), 2)]
+    conv = [
+        (rand(members, 4, 2, 3, 3), rand(members, 4), 1),
+        (rand(members, 5, 4, 2, 2), rand(members, 5), 2),
+    ]
     obs = rand(batch, 2, 7, 7)
     feat = 5 * 2 * 2  # 7x7 -> 5x5 (k3) -> 2x2 (k2, stride 2)
     dense = [(rand(members, 8, feat), rand(members, 8))]

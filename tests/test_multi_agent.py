@@ -6,7 +6,6 @@ own settings, trained only if in ``policies_to_train``, restorable on its own.
 
 import importlib.util
 import pathlib
-
 import sys
 
 import gymnasium as gym
@@ -14,8 +13,6 @@ import numpy as np
 import pytest
 import ray
 import torch
-
-from conftest import tiny_config
 from ray.rllib.core import (
     COMPONENT_LEARNER,
     COMPONENT_LEARNER_GROUP,
@@ -25,7 +22,10 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
+
 from rllib_staq import StaQConfig, pmd
+
+from conftest import tiny_config
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
 # Remote EnvRunners cannot import this test module: send its mapping functions by value.
@@ -125,8 +125,12 @@ def test_action_space_checked_per_agent(ray_session):
     # MultiAgentCartPole's `action_space` is None: a check of `env.action_space`
     # rejected it; each agent's Discrete space is what counts.
     assert MultiAgentCartPole({"num_agents": 2}).action_space is None
-    config = tiny_config().environment(_MixedActionsEnv).multi_agent(
-        policies={"a", "b"}, policy_mapping_fn=lambda agent_id, episode, **kw: agent_id
+    config = (
+        tiny_config()
+        .environment(_MixedActionsEnv)
+        .multi_agent(
+            policies={"a", "b"}, policy_mapping_fn=lambda agent_id, episode, **kw: agent_id
+        )
     )
     with pytest.raises(ValueError, match="Agent 'b'.*Discrete"):
         config.build_algo()

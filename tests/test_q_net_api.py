@@ -4,16 +4,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from conftest import tiny_config
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import QNetAPI
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
 from rllib_staq.torch.default_staq_torch_rl_module import (
     QF_PREDS,
     QF_PREDS_PER_MEMBER,
     DefaultStaQTorchRLModule,
 )
+
+from conftest import tiny_config
 
 OBS_SPACE = gym.spaces.Box(-1, 1, (4,), np.float32)
 

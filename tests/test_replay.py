@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-
-from conftest import tiny_config
 from ray.rllib.core.columns import Columns
+
 from rllib_staq import StaQ
 from rllib_staq.replay import TransitionTable
 from rllib_staq.staq import REPLAY_BUFFER_STATE_KEY
+
+from conftest import tiny_config
 
 MODULE_ID = "default_policy"
 

@@ -8,11 +8,12 @@ without StaQ's own ``get_state`` a setting of -1 silently became the default.
 import math
 
 import pytest
-
-from conftest import tiny_config
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+
 from rllib_staq import StaQConfig
 from rllib_staq.settings import SETTING_CHECKS
+
+from conftest import tiny_config
 
 # StaQ's own fields, and the RLlib ones whose values StaQ restricts.
 STAQ_FIELDS = sorted(set(vars(StaQConfig())) - set(vars(AlgorithmConfig())))

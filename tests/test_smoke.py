@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from ray import tune
 from ray.rllib.utils.test_utils import check_train_results_new_api_stack
 

@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent(
     if sys.argv[1] == "staq":
         config = tiny_config()
     else:
-        config = DQNConfig().environment("CartPole-v1").training(num_steps_sampled_before_learning_starts=0)
+        config = DQNConfig().environment("CartPole-v1")
+        config.training(num_steps_sampled_before_learning_starts=0)
     algo = config.env_runners(num_env_runners=1).build_algo()
     algo.train()
     algo.stop()

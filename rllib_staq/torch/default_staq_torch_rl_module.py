@@ -15,16 +15,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
-
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, QNetAPI, TargetNetworkAPI
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
-from ray.rllib.core.distribution.torch.torch_distribution import TorchCategorical
 from ray.rllib.models.utils import get_activation_fn
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.schedules.scheduler import Scheduler
+from torch import nn
 
 from rllib_staq import pmd
 from rllib_staq.staq_learner import STACK_SUM, STACK_VERSION
@@ -105,9 +104,7 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     @override(RLModule)
     def setup(self):
         if not isinstance(self.action_space, gym.spaces.Discrete):
-            raise ValueError(
-                f"StaQ supports only Discrete action spaces, got {self.action_space}."
-            )
+            raise ValueError(f"StaQ supports only Discrete action spaces, got {self.action_space}.")
         config = self.model_config
         self.num_actions = int(self.action_space.n)
         self.stack_size = int(config.get("stack_size", 300))
@@ -124,9 +121,7 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         # first `fill` slots are one contiguous slice.
         rows = self.stack_size * self.num_q_networks
         for name, param in template.named_parameters():
-            self.register_buffer(
-                _stack_buffer_name(name), torch.zeros(rows, *param.shape)
-            )
+            self.register_buffer(_stack_buffer_name(name), torch.zeros(rows, *param.shape))
         self.register_buffer("slot_decay", torch.zeros(self.stack_size))
         self.register_buffer("logit_scale", torch.zeros(()))
         self.register_buffer("num_pushes", torch.zeros((), dtype=torch.long))
@@ -135,10 +130,7 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         if not self.inference_only:
             self.q_nets = nn.ModuleList(
                 [template]
-                + [
-                    QNetwork(**self._network_kwargs)
-                    for _ in range(self.num_q_networks - 1)
-                ]
+                + [QNetwork(**self._network_kwargs) for _ in range(self.num_q_networks - 1)]
             )
 
     def _network_kwargs_from_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
@@ -240,9 +232,7 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         overwritten once M members are stored; the logit scale becomes
         ``alpha * correction / E`` (ensemble mean of the members' logits).
         """
-        new_decay, slot = pmd.decay_slots_for_push(
-            self.slot_decay, int(self.num_pushes), beta
-        )
+        new_decay, slot = pmd.decay_slots_for_push(self.slot_decay, int(self.num_pushes), beta)
         self.slot_decay.copy_(new_decay)
         for member, net in enumerate(self.q_nets):
             row = slot * self.num_q_networks + member

@@ -14,7 +14,6 @@ import logging
 from typing import Any, Dict, Tuple
 
 import torch
-
 from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
     AddObservationsFromEpisodesToBatch,
 )
@@ -159,9 +158,7 @@ class StaQTorchLearner(TorchLearner):
         for module_id, module_batch in batch.items():
             self.add_transitions(module_id, module_batch)
             with self.metrics.log_time((module_id, FQI_TIMER), **ITERATION_TIMER):
-                loss_per_module[module_id] = self._run_fqi_phase(
-                    module_id, self._table(module_id)
-                )
+                loss_per_module[module_id] = self._run_fqi_phase(module_id, self._table(module_id))
         return {}, loss_per_module, {}
 
     def add_transitions(self, module_id: ModuleID, module_batch: Dict[str, Any]) -> None:
@@ -269,9 +266,7 @@ class StaQTorchLearner(TorchLearner):
         grad_steps_before = int(module.num_grad_steps)
         forward_train = self._fqi_forward_train(module_id)
         for step in range(config.grad_steps_per_iteration):
-            indices = table.sample_indices(
-                config.train_batch_size_per_learner, self._generator
-            )
+            indices = table.sample_indices(config.train_batch_size_per_learner, self._generator)
             minibatch = table.gather(indices)
             minibatch[FQI_TARGETS] = self._fqi_target(module_id, module, minibatch, tau)
             fwd_out = forward_train(minibatch)
@@ -284,9 +279,7 @@ class StaQTorchLearner(TorchLearner):
             mean_qs[step] = fwd_out[QF_PREDS].detach().mean()
             if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
                 for main_net, target_net in module.get_target_network_pairs():
-                    update_target_network(
-                        main_net=main_net, target_net=target_net, tau=config.tau
-                    )
+                    update_target_network(main_net=main_net, target_net=target_net, tau=config.tau)
         module.num_grad_steps += config.grad_steps_per_iteration
         num_sampled = config.grad_steps_per_iteration * config.train_batch_size_per_learner
         self.metrics.log_value((module_id, NUM_MODULE_STEPS_SAMPLED), num_sampled, reduce="sum")
@@ -411,8 +404,16 @@ class StaQTorchLearner(TorchLearner):
         self._push_with_cache_update(module, table, alpha, beta, correction)
         logits_after = module.logit_scale * sums
         log = self.metrics.log_value
-        log((module_id, KL_NEW_OLD_KEY), pmd.categorical_kl(logits_before, logits_after).mean().item(), window=1)
-        log((module_id, POLICY_ENTROPY_KEY), pmd.categorical_entropy(logits_after).mean().item(), window=1)
+        log(
+            (module_id, KL_NEW_OLD_KEY),
+            pmd.categorical_kl(logits_before, logits_after).mean().item(),
+            window=1,
+        )
+        log(
+            (module_id, POLICY_ENTROPY_KEY),
+            pmd.categorical_entropy(logits_after).mean().item(),
+            window=1,
+        )
         log((module_id, STACK_FILL_KEY), module.stack_fill, window=1)
         log((module_id, NUM_PUSHES_KEY), int(module.num_pushes), window=1)
         log((module_id, NUM_GRAD_STEPS_KEY), int(module.num_grad_steps), window=1)
@@ -434,7 +435,9 @@ class StaQTorchLearner(TorchLearner):
         evicting = int(module.num_pushes) >= module.stack_size
         evicted_decay = float(module.slot_decay[slot])
         next_obs, sums = table.filled(Columns.NEXT_OBS), table.filled(NEXT_STACK_SUM)
-        chunks = [slice(s, min(s + LOGITS_CHUNK, table.size)) for s in range(0, table.size, LOGITS_CHUNK)]
+        chunks = [
+            slice(s, min(s + LOGITS_CHUNK, table.size)) for s in range(0, table.size, LOGITS_CHUNK)
+        ]
         if evicting:
             for rows in chunks:
                 sums[rows] -= evicted_decay * module.slot_member_sum(next_obs[rows], slot)
@@ -496,5 +499,7 @@ def adam(params) -> torch.optim.Adam:
     try:
         return torch.optim.Adam(params, fused=True)
     except RuntimeError:
-        logger.info("No fused Adam in torch %s for this device; using the default.", torch.__version__)
+        logger.info(
+            "No fused Adam in torch %s for this device; using the default.", torch.__version__
+        )
         return torch.optim.Adam(params)
