@@ -21,13 +21,7 @@ from conftest import tiny_evaluated_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def ray_results_entries() -> set:
-    from ray.train.constants import DEFAULT_STORAGE_PATH
-
-    return set(os.listdir(DEFAULT_STORAGE_PATH)) if os.path.isdir(DEFAULT_STORAGE_PATH) else set()
-
-
-def test_no_tune_run_writes_csv_curve_checkpoints_and_evaluates_on_new_seeds(tmp_path):
+def test_no_tune_run_writes_csv_curve_checkpoints_and_evaluates_on_new_seeds(tmp_path, monkeypatch):
     from ray.rllib.algorithms.algorithm import Algorithm
 
     run_dir = tmp_path / "run"
@@ -45,13 +39,18 @@ def test_no_tune_run_writes_csv_curve_checkpoints_and_evaluates_on_new_seeds(tmp
         "2",
     )
     lines = []
-    ray_results_before = ray_results_entries()
+    # Where RLlib's Trainable makes its folder for an Algorithm built outside Tune
+    # (~/ray_results, shared by every process): a private one for this test.
+    import ray.tune.trainable.trainable as trainable_module
+
+    default_logdirs = tmp_path / "ray_results"
+    monkeypatch.setattr(trainable_module, "DEFAULT_STORAGE_PATH", str(default_logdirs))
     status = cli.run_without_tune(
         cli.apply_example_flags(tiny_evaluated_config(), args), args, print_fn=lines.append
     )
     assert status == 0
-    # RLlib's Trainable made an empty folder under ~/ray_results; the run removed it.
-    assert ray_results_entries() == ray_results_before
+    # RLlib's Trainable made an empty folder there; the run removed it.
+    assert default_logdirs.is_dir() and list(default_logdirs.iterdir()) == []
     with open(run_dir / "progress.csv") as csv_file:
         rows = list(csv.DictReader(csv_file))
     assert [int(row["iteration"]) for row in rows] == [1, 2, 3, 4]
