@@ -8,36 +8,13 @@ stack's logits.
 
 from __future__ import annotations
 
-import os
 from typing import List
 
 import gymnasium as gym
 import numpy as np
 import torch
-from ray.rllib.core import (
-    COMPONENT_LEARNER,
-    COMPONENT_LEARNER_GROUP,
-    COMPONENT_RL_MODULE,
-    DEFAULT_MODULE_ID,
-)
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
-
-
-def module_checkpoint_path(algo_checkpoint_dir: str, module_id: str = DEFAULT_MODULE_ID) -> str:
-    """Where an Algorithm checkpoint keeps one policy's full RL module (stack included)."""
-    return os.path.join(
-        algo_checkpoint_dir,
-        COMPONENT_LEARNER_GROUP,
-        COMPONENT_LEARNER,
-        COMPONENT_RL_MODULE,
-        module_id,
-    )
-
-
-def load_module(algo_checkpoint_dir: str, module_id: str = DEFAULT_MODULE_ID) -> RLModule:
-    """The learner's RL module of ``module_id`` from an Algorithm checkpoint."""
-    return RLModule.from_checkpoint(module_checkpoint_path(algo_checkpoint_dir, module_id))
 
 
 def greedy_action(module: RLModule, obs: np.ndarray) -> int:

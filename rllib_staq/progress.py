@@ -203,7 +203,7 @@ def progress_line(record: IterationRecord, fraction: float, eta_s: float, greedy
     return " | ".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS))
 
 
-def eta_seconds(budget: Budget, fraction: float, elapsed_s: float) -> float:
+def eta_seconds(fraction: float, elapsed_s: float) -> float:
     if fraction <= 0.0:
         return NAN
     return elapsed_s * (1.0 - fraction) / fraction
@@ -252,7 +252,7 @@ def train_with_progress(
         if on_iteration is not None:
             on_iteration(record, result)
         if verbose:
-            eta = eta_seconds(budget, outcome.fraction_done, now - start)
+            eta = eta_seconds(outcome.fraction_done, now - start)
             print_fn(progress_line(record, outcome.fraction_done, eta, latest_greedy))
         reached = budget.stop_reward is not None and record.greedy_return >= budget.stop_reward
         if reached:
