@@ -174,6 +174,54 @@ def batched_stacked_forward(
     return torch.addmm(member_coeffs @ head_bias, flat_hidden, flat_head.t())
 
 
+def mixed_precision_stacked_forward(
+    obs: Tensor,
+    conv_layers: Sequence[Tuple[Tensor, Tensor, int]],
+    dense_layers: Sequence[Tuple[Tensor, Tensor]],
+    head_weight: Tensor,
+    head_bias: Tensor,
+    member_coeffs: Tensor,
+    activation: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """:func:`stacked_forward` with the hidden layers in their weights' dtype.
+
+    Same arguments and result as :func:`batched_stacked_forward`; the conv and
+    dense layers run in the dtype of their weights (e.g. bfloat16), while the
+    output layer (``head_weight`` float32), the PMD weights and the sum over
+    members run in float32, so the logits' error is the error of the hidden
+    features only, not a rounding of the (possibly large) logits themselves.
+
+    Hidden features are feature-major, ``[S, H, B]`` (``W_s @ h_s``): for the
+    small batches of acting, bf16 batched products are several times faster in
+    this layout on CPU than ``h_s @ W_s^T`` (benchmarks/throughput.py, part
+    ``stack-dtype``).
+    """
+    batch = obs.shape[0]
+    num_members = member_coeffs.shape[0]
+    dtype = (dense_layers[0][0] if dense_layers else conv_layers[0][0]).dtype
+    inputs = obs.to(dtype)
+    hidden: Optional[Tensor] = None  # [S, H, B]
+    if conv_layers:
+        hidden = stacked_conv_features(inputs, conv_layers, activation).transpose(1, 2)
+    for weight, bias in dense_layers:
+        if hidden is None:
+            # Shared input: one [S*H, D] x [D, B] product.
+            flat = torch.addmm(bias.reshape(-1, 1), weight.reshape(-1, weight.shape[2]), inputs.t())
+            hidden = flat.view(num_members, weight.shape[1], batch)
+        else:
+            hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden.contiguous())
+        hidden = activation(hidden)
+    if hidden is None:
+        raise ValueError("A Q-network needs at least one hidden layer.")
+
+    # Output layer in float32, the PMD weights folded in: [A, S*H] x [S*H, B].
+    coeffs = member_coeffs.float()
+    scaled_head = head_weight.float() * coeffs[:, None, None]  # [S, A, H]
+    flat_head = scaled_head.transpose(0, 1).reshape(head_weight.shape[1], -1)  # [A, S*H]
+    flat_hidden = hidden.float().reshape(-1, batch)  # [S*H, B]
+    return (flat_head @ flat_hidden).t() + coeffs @ head_bias.float()
+
+
 def member_loop_stacked_forward(
     obs: Tensor,
     conv_layers: Sequence[Tuple[Tensor, Tensor, int]],

@@ -34,7 +34,9 @@ ALGORITHM_WIDE_SETTINGS = (
     "intra_op_threads",
 )
 # Settings that shape a module; RLlib passes them through `model_config`.
-MODULE_SETTINGS = ("stack_size", "num_q_networks", "epsilon")
+MODULE_SETTINGS = ("stack_size", "num_q_networks", "epsilon", "stack_dtype")
+# Storage of the acting stack on EnvRunners (the learner's stack stays float32).
+STACK_DTYPES = ("float32", "bfloat16")
 
 
 def _is_number(value: Any) -> bool:
@@ -110,6 +112,9 @@ SETTING_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "store_buffer_in_checkpoints": _BOOL,
     "exact_refresh_interval": _INT_AT_LEAST_ONE,
     "intra_op_threads": (threads.is_valid_setting, '"auto", an int >= 1 or None'),
+    "actor_lr": _POSITIVE,
+    "actor_steps_per_iteration": _INT_AT_LEAST_ONE,
+    "stack_dtype": (lambda v: v in STACK_DTYPES, f"one of {STACK_DTYPES}"),
 }
 
 

@@ -118,10 +118,18 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         self.param_names = [name for name, _ in template.named_parameters()]
 
         # The frozen stack, slot-major: member e of slot j is row j*E + e, so the
-        # first `fill` slots are one contiguous slice.
+        # first `fill` slots are one contiguous slice. Only an EnvRunner's copy
+        # (inference-only) may store its hidden layers in `stack_dtype`: the
+        # learner's stack feeds the cached next-state sums and the FQI targets.
         rows = self.stack_size * self.num_q_networks
+        hidden_dtype = _STACK_DTYPES[config.get("stack_dtype", "float32")]
+        self.low_precision_stack = self.inference_only and hidden_dtype != torch.float32
         for name, param in template.named_parameters():
-            self.register_buffer(_stack_buffer_name(name), torch.zeros(rows, *param.shape))
+            in_hidden_layer = not name.startswith("head.")
+            dtype = hidden_dtype if self.low_precision_stack and in_hidden_layer else None
+            self.register_buffer(
+                _stack_buffer_name(name), torch.zeros(rows, *param.shape, dtype=dtype)
+            )
         self.register_buffer("slot_decay", torch.zeros(self.stack_size))
         self.register_buffer("logit_scale", torch.zeros(()))
         self.register_buffer("num_pushes", torch.zeros((), dtype=torch.long))
@@ -213,7 +221,10 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
             return torch.zeros(obs.shape[0], self.num_actions, device=obs.device)
         rows = slice(first * self.num_q_networks, stop * self.num_q_networks)
         convs, denses, (head_w, head_b) = self._stacked_layers(rows)
-        return pmd.stacked_forward(
+        forward = (
+            pmd.mixed_precision_stacked_forward if self.low_precision_stack else pmd.stacked_forward
+        )
+        return forward(
             to_network_input(obs, self.image_input),
             convs,
             denses,
@@ -255,10 +266,14 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
                 "the env returned it. Fix the env or wrap it to clean the value."
             )
         stack_sum = self.unscaled_stack_sum(obs)
-        extra = {
-            STACK_SUM: stack_sum,
-            STACK_VERSION: self.num_pushes.expand(obs.shape[0]),
-        }
+        # The learner reuses the acting sums as its cached next-state sums; a
+        # reduced-precision stack's sums are not exact, so the learner computes
+        # those rows itself from its float32 stack.
+        extra = (
+            {}
+            if self.low_precision_stack
+            else {STACK_SUM: stack_sum, STACK_VERSION: self.num_pushes.expand(obs.shape[0])}
+        )
         return self.logit_scale * stack_sum, extra
 
     @override(RLModule)
@@ -363,6 +378,9 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     @override(RLModule)
     def get_train_action_dist_cls(self):
         return TorchCategorical
+
+
+_STACK_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _stack_buffer_name(param_name: str) -> str:
