@@ -6,6 +6,7 @@
     python benchmarks/throughput.py --part e2e --seconds 120
     python benchmarks/throughput.py --part memory --memory-iterations 50
     python benchmarks/throughput.py --part optimizer
+    python benchmarks/throughput.py --part sb3 --seconds 60 --rounds 3   # needs .[bench]
 
 Everything is measured side by side in one run, so ratios are comparable on a
 noisy machine. Parts:
@@ -30,6 +31,11 @@ noisy machine. Parts:
   on a quiet machine and beside ``--background-procs`` CPU-bound processes that
   the script starts and stops itself; each setting runs in a fresh process
   (OpenMP reads its wait policy once, at start-up).
+* ``sb3``: env-steps/s of StaQ and Stable-Baselines3's DQN at equal settings
+  (one 2x256 network, batch 256, one gradient step per env step, one thread,
+  CPU), alternating timed segments of ``--seconds`` for ``--rounds`` rounds in
+  this one process. SB3 is an optional benchmark dependency
+  (``pip install -e '.[bench]'``); the part is skipped by ``all`` without it.
 
 The learner and its stack go to the GPU when one is present (``--device auto``);
 EnvRunners act on the CPU.
@@ -66,7 +72,7 @@ from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
 ENV = "CartPole-v1"
-PARTS = ["split", "acting", "e2e", "memory", "optimizer", "contention"]
+PARTS = ["split", "acting", "e2e", "memory", "optimizer", "contention", "sb3"]
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 
 
@@ -510,6 +516,154 @@ def run_contention(args) -> None:
         )
 
 
+SB3_MISSING = (
+    "--part sb3 needs Stable-Baselines3, an optional benchmark dependency: "
+    "pip install -e '.[bench]' (stable-baselines3==2.9.2)."
+)
+SB3_EQUAL_SETTINGS = """Equal settings (CartPole-v1, CPU, 1 torch thread, one process):
+- network: one 2x256 ReLU MLP Q-network and its target. StaQ: num_q_networks=1 and
+  stack_size M=1, so acting is one network's forward per env step, as DQN's.
+- updates: one gradient step on a batch of 256 per env step, Adam, replay of 50,000,
+  target copy every 200 gradient steps. SB3: train_freq=1, gradient_steps=1 (with n envs:
+  gradient_steps=-1, n steps per vector step), target_update_interval=200. StaQ:
+  env_steps_per_iteration = grad_steps_per_iteration = {steps} (its iteration collects
+  {steps} env steps, then takes {steps} gradient steps), train_batch_size_per_learner=256.
+- exploration: epsilon 0.05 for both (SB3: exploration_initial_eps = final = 0.05; it skips
+  the forward on random actions, StaQ samples its softmax at every step).
+- what still differs: the losses (StaQ: MSE to a soft-SARSA target with a' ~ pi_k; SB3: Huber
+  to the max target, grad-norm clipping at 10); SB3 reads its replay with numpy and copies
+  each batch into torch; StaQ's replay is a tensor table inside its learner.
+Both are timed after a warm-up (SB3: past learning_starts=1000; StaQ: 2 iterations)."""
+
+
+class _TimedDQN:
+    """SB3's DQN with the seconds spent in its gradient steps counted (built lazily)."""
+
+    @staticmethod
+    def build(num_envs: int, seed: int = 0):
+        try:
+            from stable_baselines3 import DQN
+            from stable_baselines3.common.env_util import make_vec_env
+        except ImportError:
+            return None
+
+        class TimedDQN(DQN):
+            train_seconds = 0.0
+
+            def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+                start = time.perf_counter()
+                super().train(gradient_steps, batch_size)
+                self.train_seconds += time.perf_counter() - start
+
+        return TimedDQN(
+            "MlpPolicy",
+            make_vec_env(ENV, n_envs=num_envs, seed=seed),
+            learning_rate=1e-4,
+            buffer_size=50_000,
+            learning_starts=1000,
+            batch_size=256,
+            train_freq=1,
+            gradient_steps=1 if num_envs == 1 else -1,
+            target_update_interval=200,
+            exploration_initial_eps=0.05,
+            exploration_final_eps=0.05,
+            policy_kwargs={"net_arch": [256, 256]},
+            device="cpu",
+            seed=seed,
+        )
+
+
+# label suffix -> StaQ training() settings on top of the equal settings.
+SB3_STAQ_VARIANTS = {"default": {}}
+
+
+def staq_equal_config(args, num_envs: int, variant: str):
+    steps = args.sb3_staq_steps
+    config = staq_config(args, 1, steps, steps, num_envs).training(
+        num_q_networks=1, target_network_update_freq=200, **SB3_STAQ_VARIANTS[variant]
+    )
+    return config.debugging(seed=0)
+
+
+def _staq_segment(algo, seconds: float) -> Dict[str, float]:
+    result, start = None, time.perf_counter()
+    steps0 = algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+    fqi = 0.0
+    while time.perf_counter() - start < seconds:
+        result = algo.train()
+        fqi += result[LEARNER_RESULTS][DEFAULT_MODULE_ID]["fqi_phase_timer"]
+    elapsed = time.perf_counter() - start
+    steps = result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME] - steps0
+    grad_steps = steps  # one gradient step per env step
+    return {"rate": steps / elapsed, "grad_ms": 1000 * fqi / grad_steps}
+
+
+def _sb3_segment(model, seconds: float) -> Dict[str, float]:
+    steps0, train0, start = model.num_timesteps, model.train_seconds, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.learn(total_timesteps=500, reset_num_timesteps=False)
+    elapsed = time.perf_counter() - start
+    steps = model.num_timesteps - steps0
+    return {"rate": steps / elapsed, "grad_ms": 1000 * (model.train_seconds - train0) / steps}
+
+
+def run_sb3(args) -> None:
+    if _TimedDQN.build(1) is None:
+        if args.part == "sb3":
+            raise SystemExit(SB3_MISSING)
+        print(f"\n## StaQ vs SB3: skipped. {SB3_MISSING}")
+        return
+    import stable_baselines3
+
+    torch.set_num_threads(1)
+    print(
+        f"\n## StaQ vs Stable-Baselines3 {stable_baselines3.__version__} DQN, env-steps/s at "
+        f"equal settings: {args.rounds} rounds of alternating segments of >= "
+        f"{args.seconds:.0f} s each; load average at start {_load()}"
+    )
+    print(SB3_EQUAL_SETTINGS.format(steps=args.sb3_staq_steps))
+    agents = {}  # label -> (segment function, object, stop function, SB3 label)
+    try:
+        for num_envs in args.sb3_envs:
+            envs = f"{num_envs} env" + ("s" if num_envs > 1 else "")
+            sb3_label = f"SB3 DQN, {envs}"
+            for variant in args.sb3_staq_variants:
+                algo = staq_equal_config(args, num_envs, variant).build_algo()
+                agents[f"StaQ ({variant}), {envs}"] = (_staq_segment, algo, algo.stop, sb3_label)
+                algo.train()
+                algo.train()  # warm-up
+            model = _TimedDQN.build(num_envs)
+            model.learn(total_timesteps=1500)  # warm-up past learning_starts
+            agents[sb3_label] = (_sb3_segment, model, lambda: None, sb3_label)
+        rounds = {label: [] for label in agents}
+        for _ in range(args.rounds):
+            for label, (segment, agent, _, _) in agents.items():
+                rounds[label].append(segment(agent, args.seconds))
+    finally:
+        for _, _agent, stop, _ in agents.values():
+            stop()
+    print(f"load average at end {_load()}")
+    print(
+        "| agent | env-steps/s per round | mean | ms per gradient step (mean) "
+        "| ratio to SB3 (mean; per round min-max) |"
+    )
+    print("|---|---|---|---|---|")
+    for label, (_, _, _, sb3_label) in agents.items():
+        rates = [r["rate"] for r in rounds[label]]
+        ratios = [r["rate"] / s["rate"] for r, s in zip(rounds[label], rounds[sb3_label])]
+        grad_ms = np.mean([r["grad_ms"] for r in rounds[label]])
+        ratio = np.mean(rates) / np.mean([s["rate"] for s in rounds[sb3_label]])
+        print(
+            f"| {label} | {', '.join(f'{r:.1f}' for r in rates)} | {np.mean(rates):.1f} | "
+            f"{grad_ms:.2f} | {ratio:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |",
+            flush=True,
+        )
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", default="all", choices=["all", *PARTS, "contention-worker"])
@@ -545,9 +699,27 @@ def main() -> None:
         help="env steps and gradient steps per iteration in `contention`",
     )
     parser.add_argument("--contention-threads", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in `sb3`")
+    parser.add_argument("--sb3-envs", default="1", help="env counts for `sb3` (e.g. 1,16)")
+    parser.add_argument(
+        "--sb3-staq-variants",
+        default="default",
+        help=f"StaQ variants for `sb3`, from {sorted(SB3_STAQ_VARIANTS)}",
+    )
+    parser.add_argument(
+        "--sb3-staq-steps",
+        type=int,
+        default=1000,
+        help="StaQ's env steps = gradient steps per iteration in `sb3`",
+    )
     args = parser.parse_args()
     args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
     args.num_envs = [int(n) for n in args.num_envs.split(",")]
+    args.sb3_envs = [int(n) for n in args.sb3_envs.split(",")]
+    args.sb3_staq_variants = args.sb3_staq_variants.split(",")
+    unknown = sorted(set(args.sb3_staq_variants) - set(SB3_STAQ_VARIANTS))
+    if unknown:
+        parser.error(f"--sb3-staq-variants: unknown {unknown}; allowed {sorted(SB3_STAQ_VARIANTS)}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
