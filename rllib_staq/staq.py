@@ -422,6 +422,11 @@ class StaQ(Algorithm):
                 _uses_new_env_runners=True,
                 _return_metrics=True,
             )
+        # Every EnvRunner failed (RLlib restores them before the next iteration):
+        # no new data, so no FQI phase and no push, as RLlib's PPO and DQN return.
+        if not episodes:
+            logger.warning("StaQ: no episodes sampled (EnvRunners failed); iteration skipped.")
+            return
         self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
 
         # One update = one whole StaQ iteration on each learner (FQI + push).
