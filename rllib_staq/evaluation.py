@@ -15,13 +15,22 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.utils.spaces.space_utils import unsquash_action
 
 
-def greedy_action(module: RLModule, obs: np.ndarray) -> int:
-    """argmax of the stack's logits at one observation."""
+def greedy_action(module: RLModule, obs: np.ndarray):
+    """argmax of the stack's logits at one observation (an int).
+
+    For a Box action space (the continuous module): tanh(mean) of the actor,
+    mapped from RLlib's normalised [-1, 1] box to the env's bounds, as RLlib's
+    ``NormalizeAndClipActions`` connector does.
+    """
     batch = {Columns.OBS: torch.as_tensor(np.asarray(obs)[None])}
     with torch.no_grad():
-        return int(module.forward_inference(batch)[Columns.ACTIONS][0])
+        action = module.forward_inference(batch)[Columns.ACTIONS][0]
+    if isinstance(module.action_space, gym.spaces.Box):
+        return unsquash_action(action.numpy(), module.action_space)
+    return int(action)
 
 
 def greedy_episode_returns(

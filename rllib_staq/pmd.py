@@ -337,3 +337,115 @@ def soft_sarsa_target(
         next_q = next_target_q.gather(-1, next_actions.long().unsqueeze(-1)).squeeze(-1)
     soft_value = next_q + entropy_coeff * categorical_entropy(next_policy_logits)
     return reward_scale * rewards + gamma * (1.0 - terminateds.float()) * soft_value
+
+
+# --------------------------------------------------------------------------- #
+# Continuous actions (Box): the stack as the exact target of an amortised actor.
+# Notation: d = action dimension, actions in RLlib's normalised box [-1, 1]^d,
+# pi_0 uniform on it (density 2^-d). See rllib_staq/continuous.py.
+# --------------------------------------------------------------------------- #
+def box_log_volume(action_dim: int) -> float:
+    """``ln vol([-1, 1]^d) = d ln 2``: the entropy of pi_0, the Box analogue of ln|A|."""
+    return action_dim * math.log(2.0)
+
+
+def scaled_box_entropy_coeff(entropy_coeff: float, action_dim: int, scale: bool) -> float:
+    """tau / (d ln 2) (no-op when ``scale`` is False).
+
+    Discrete StaQ divides tau by ln|A|, the entropy of the uniform pi_0; on the
+    box [-1, 1]^d the uniform pi_0 has differential entropy d ln 2.
+    """
+    if scale:
+        return entropy_coeff / box_log_volume(action_dim)
+    return entropy_coeff
+
+
+def uniform_box_log_prob(shape: Sequence[int], device=None, dtype=torch.float32) -> Tensor:
+    """``log pi_0(a) = -d ln 2`` for a batch: ``shape = [B, d] -> [B]``."""
+    return torch.full(tuple(shape[:-1]), -box_log_volume(shape[-1]), device=device, dtype=dtype)
+
+
+def log_one_minus_tanh_squared(pre_tanh: Tensor) -> Tensor:
+    """``ln(1 - tanh(u)^2) = 2 (ln 2 - u - softplus(-2u))``, stable for large |u|."""
+    return 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+
+
+def gaussian_rsample(mean: Tensor, log_std: Tensor, noise: Tensor) -> Tuple[Tensor, Tensor]:
+    """Reparameterised ``u = mean + std * noise`` and ``log N(u; mean, std)``.
+
+    ``mean, log_std, noise``: ``[B, d]``; returns ``u`` ``[B, d]`` and the log
+    density ``[B]`` (summed over the d independent dimensions).
+    """
+    std = log_std.exp()
+    pre_tanh = mean + std * noise
+    log_prob = (-0.5 * noise**2 - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
+    return pre_tanh, log_prob
+
+
+def squashed_gaussian_rsample(
+    mean: Tensor, log_std: Tensor, noise: Tensor
+) -> Tuple[Tensor, Tensor]:
+    """``a = tanh(mean + std * noise)`` and its log density on [-1, 1]^d.
+
+    Change of variables: ``log pi(a) = log N(u) - sum_j ln(1 - tanh(u_j)^2)``
+    (the density RLlib's ``TorchSquashedGaussian`` assigns, computed from u
+    rather than from atanh(a), so it stays finite where tanh(u) rounds to +-1).
+    Returns ``a`` ``[B, d]`` and ``log pi(a)`` ``[B]``.
+    """
+    pre_tanh, log_prob = gaussian_rsample(mean, log_std, noise)
+    return torch.tanh(pre_tanh), log_prob - log_one_minus_tanh_squared(pre_tanh).sum(-1)
+
+
+def reverse_kl_actor_loss(log_prob: Tensor, energy: Tensor) -> Tensor:
+    """``E_{a ~ pi_theta}[log pi_theta(a|s) - xi_{k+1}(s, a)]`` from samples: ``[B] -> []``.
+
+    Equals ``KL(pi_theta || pi_{k+1}) - E_s[log Z(s)]`` with
+    ``pi_{k+1} = exp(xi_{k+1}) / Z``: log Z does not depend on theta, so within one
+    iteration the loss on fixed states and noise falls exactly as the KL does.
+    With the reparameterisation ``a = f_theta(s, noise)`` its gradient reaches
+    theta through ``log_prob`` and through ``a`` inside ``energy``.
+    """
+    return (log_prob - energy).mean()
+
+
+def box_soft_target(
+    rewards: Tensor,
+    terminateds: Tensor,
+    next_target_q: Tensor,
+    next_log_prob: Tensor,
+    entropy_coeff: float,
+    gamma: float,
+    reward_scale: float,
+) -> Tensor:
+    """FQI target for a Box action, one sample a' ~ pi_theta_k(.|s'):
+
+    ``y = reward_scale*r + gamma*(1-terminated)*(Qbar(s', a') - tau*log pi_theta_k(a'|s'))``
+
+    (Eq. 8 of the paper with SAC's one-sample entropy estimate ``-log pi(a')``.)
+    All inputs ``[B]``; returns ``[B]``.
+    """
+    soft_value = next_target_q - entropy_coeff * next_log_prob
+    return reward_scale * rewards + gamma * (1.0 - terminateds.float()) * soft_value
+
+
+def gaussian_energy_closed_form(
+    slot_weights: Tensor, curvatures: Tensor, centres: Tensor
+) -> Tuple[float, float]:
+    """``exp(sum_i w_i * (-q_i (a - m_i)^2))`` is ``N(m*, v*)`` up to a constant.
+
+    ``m* = sum w_i q_i m_i / sum w_i q_i``, ``v* = 1 / (2 sum w_i q_i)`` (all ``[n]``).
+    The reference of the one-dimensional Gaussian bandit test.
+    """
+    precision_half = (slot_weights * curvatures).sum()
+    mean = (slot_weights * curvatures * centres).sum() / precision_half
+    return float(mean), float(0.5 / precision_half)
+
+
+def diagonal_gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor):
+    """``KL(N(mean_p, std_p^2) || N(mean_q, std_q^2))`` summed over d: ``[B, d] -> [B]``.
+
+    Also the KL of the tanh-squashed pair (an invertible map keeps the KL).
+    """
+    var_ratio = torch.exp(2.0 * (log_std_p - log_std_q))
+    mean_term = ((mean_p - mean_q) / log_std_q.exp()) ** 2
+    return 0.5 * (var_ratio + mean_term - 1.0 - torch.log(var_ratio)).sum(-1)

@@ -112,6 +112,8 @@ SETTING_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "store_buffer_in_checkpoints": _BOOL,
     "exact_refresh_interval": _INT_AT_LEAST_ONE,
     "intra_op_threads": (threads.is_valid_setting, '"auto", an int >= 1 or None'),
+    "actor_lr": _POSITIVE,
+    "actor_steps_per_iteration": _INT_AT_LEAST_ONE,
     "stack_dtype": (lambda v: v in STACK_DTYPES, f"one of {STACK_DTYPES}"),
 }
 

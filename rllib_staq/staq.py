@@ -39,7 +39,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.typing import LearningRateOrSchedule
 
-from rllib_staq import threads
+from rllib_staq import continuous, threads
 from rllib_staq.multi_agent import (
     agent_action_spaces,
     module_model_config,
@@ -110,6 +110,10 @@ class StaQConfig(AlgorithmConfig):
         # One torch thread in the algorithm's process and its Learners, unless
         # OMP_NUM_THREADS chooses (rllib_staq/threads.py says why).
         self.intra_op_threads = "auto"
+        # Box action spaces only (rllib_staq/continuous.py): the actor's Adam lr
+        # and its reverse-KL steps onto the stack after each push.
+        self.actor_lr = 3e-4
+        self.actor_steps_per_iteration = 250
         # The EnvRunners' copy of the stack (acting only); "bfloat16" halves the
         # bytes read per env step (README, Performance: "Acting stack dtype").
         self.stack_dtype = "float32"
@@ -145,6 +149,8 @@ class StaQConfig(AlgorithmConfig):
         store_buffer_in_checkpoints: Optional[bool] = NotProvided,
         exact_refresh_interval: Optional[int] = NotProvided,
         intra_op_threads: Optional[Union[int, str]] = NotProvided,
+        actor_lr: Optional[float] = NotProvided,
+        actor_steps_per_iteration: Optional[int] = NotProvided,
         stack_dtype: Optional[str] = NotProvided,
         **kwargs,
     ) -> "StaQConfig":
@@ -178,6 +184,9 @@ class StaQConfig(AlgorithmConfig):
             intra_op_threads: torch intra-op threads in the algorithm's process
                 and in each Learner: "auto" (1, unless ``OMP_NUM_THREADS`` is
                 set), an int >= 1, or None to leave torch's setting alone.
+            actor_lr: Box action spaces only: Adam lr of the squashed-Gaussian actor.
+            actor_steps_per_iteration: Box action spaces only: reverse-KL steps
+                fitting the actor to the stack's energy after each push.
             stack_dtype: Storage of the EnvRunners' acting stack: "float32", or
                 "bfloat16" (hidden layers in bf16, output layer and member sum in
                 float32). The learner's stack, its cached next-state sums and the
@@ -202,6 +211,8 @@ class StaQConfig(AlgorithmConfig):
             store_buffer_in_checkpoints=store_buffer_in_checkpoints,
             exact_refresh_interval=exact_refresh_interval,
             intra_op_threads=intra_op_threads,
+            actor_lr=actor_lr,
+            actor_steps_per_iteration=actor_steps_per_iteration,
             stack_dtype=stack_dtype,
         )
         for name, value in settings.items():
@@ -278,6 +289,8 @@ class StaQConfig(AlgorithmConfig):
             )
         if self.action_space is not None:
             validate_action_space(self.action_space)
+        for message in continuous.setting_conflicts(self, continuous.uses_box_path(self)):
+            self._value_error(message)
 
     def _validate_per_module_overrides(self) -> None:
         """Per-module settings are checked as the main ones; algorithm-wide ones refused."""
@@ -326,6 +339,13 @@ class StaQConfig(AlgorithmConfig):
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         if self.framework_str != "torch":
             raise ValueError(f"StaQ supports framework='torch' only, got {self.framework_str!r}.")
+        # The module by action space, as SAC's catalog picks its networks (issue 15).
+        if continuous.uses_box_path(self):
+            from rllib_staq.torch.continuous_staq_torch_rl_module import (
+                ContinuousStaQTorchRLModule,
+            )
+
+            return RLModuleSpec(module_class=ContinuousStaQTorchRLModule)
         from rllib_staq.torch.default_staq_torch_rl_module import DefaultStaQTorchRLModule
 
         return RLModuleSpec(module_class=DefaultStaQTorchRLModule)
@@ -334,6 +354,12 @@ class StaQConfig(AlgorithmConfig):
     def get_default_learner_class(self) -> Union[Type[Learner], str]:
         if self.framework_str != "torch":
             raise ValueError(f"StaQ supports framework='torch' only, got {self.framework_str!r}.")
+        if continuous.uses_box_path(self):
+            from rllib_staq.torch.continuous_staq_torch_learner import (
+                ContinuousStaQTorchLearner,
+            )
+
+            return ContinuousStaQTorchLearner
         from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
         return StaQTorchLearner
@@ -363,11 +389,14 @@ def _default_attributes(config_class: type) -> Dict[str, Any]:
 _DEFAULT_ATTRIBUTES: Dict[type, Dict[str, Any]] = {}
 
 
-def validate_action_space(action_space: gym.Space) -> None:
+def validate_action_space(action_space: gym.Space, allow_box: bool = True) -> None:
+    if allow_box and continuous.accepts_action_space(action_space):
+        return
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(
-            "StaQ supports only a Discrete action space (allowed: gymnasium.spaces."
-            f"Discrete), got {action_space}. For a Box action space, wrap the env in "
+            "StaQ supports a Discrete or (single-agent) 1-D Box action space (allowed: "
+            f"gymnasium.spaces.Discrete, gymnasium.spaces.Box of shape (d,)), got "
+            f"{action_space}. Or, for a Box action space, wrap the env in "
             "rllib_staq.DiscreteBoxActions (the paper's 2d+1 actions: midpoint, or one "
             "dimension at its low or high bound), e.g. `tune.register_env('my-env', lambda "
             "cfg: DiscreteBoxActions(gymnasium.make('Hopper-v5')))`; the paper's five robots "
@@ -398,7 +427,7 @@ class StaQ(Algorithm):
         try:
             for agent_id, action_space in agent_action_spaces(env):
                 try:
-                    validate_action_space(action_space)
+                    validate_action_space(action_space, allow_box=agent_id is None)
                 except ValueError as error:
                     if agent_id is None:
                         raise

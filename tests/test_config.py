@@ -68,9 +68,11 @@ def test_rollout_fragments_add_up_to_env_steps_per_iteration():
     assert tiny_config(env_steps_per_iteration=500).get_rollout_fragment_length() == 500
 
 
-class _ContinuousEnv(gym.Env):
+class _MatrixActionEnv(gym.Env):
+    """A Box action space StaQ refuses: not 1-D (issue 15 takes shape (d,) only)."""
+
     observation_space = gym.spaces.Box(-1, 1, (3,))
-    action_space = gym.spaces.Box(-1, 1, (1,))
+    action_space = gym.spaces.Box(-1, 1, (1, 2))
 
     def __init__(self, config=None):
         super().__init__()
@@ -82,12 +84,12 @@ class _ContinuousEnv(gym.Env):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
-def test_continuous_action_space_rejected_before_building(ray_session):
-    with pytest.raises(ValueError, match="Discrete"):
-        tiny_config().environment(_ContinuousEnv).build_algo()
+def test_unsupported_action_space_rejected_before_building(ray_session):
+    with pytest.raises(ValueError, match="1-D Box"):
+        tiny_config().environment(_MatrixActionEnv).build_algo()
     with pytest.raises(ValueError, match="Discrete"):
         tiny_config().environment(
             observation_space=gym.spaces.Box(-1, 1, (3,)),
-            action_space=gym.spaces.Box(-1, 1, (1,)),
+            action_space=gym.spaces.MultiDiscrete([2, 2]),
         ).validate()
     assert StaQ.get_default_config().algo_class is StaQ

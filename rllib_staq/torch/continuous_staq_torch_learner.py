@@ -1,0 +1,351 @@
+"""StaQ's learner for a Box action space: one ``update()`` call = one iteration.
+
+For each module, with the new transitions of pi_theta_k:
+
+1. append them to the transition table (actions as float vectors in [-1, 1]^d);
+2. FQI: ``grad_steps_per_iteration`` Adam steps of the critic ensemble on
+   ``y = reward_scale*r + gamma*(1-terminated)*(agg_e Qbar_e(s', a') - tau*log pi_theta_k(a'|s'))``,
+   one fresh ``a' ~ pi_theta_k(.|s')`` per step (pi_0 uniform at k=0);
+3. push frozen copies of the critics onto the stack (the discrete ring and decays);
+4. fit the actor (warm-started, its own Adam) to ``pi_{k+1} ∝ exp(xi_{k+1})`` with
+   ``actor_steps_per_iteration`` steps on the reverse-KL loss
+   ``E_{a~pi_theta}[log pi_theta(a|s) - xi_{k+1}(s, a)]`` (reparameterised), xi
+   from one batched stacked forward over all S = M*E critics.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Tuple
+
+import torch
+from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
+    AddObservationsFromEpisodesToBatch,
+)
+from ray.rllib.connectors.learner.add_next_observations_from_episodes_to_train_batch import (  # noqa: E501
+    AddNextObservationsFromEpisodesToTrainBatch,
+)
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.core.learner.utils import update_target_network
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.schedules.scheduler import Scheduler
+from ray.rllib.utils.typing import ModuleID
+
+from rllib_staq import pmd, threads
+from rllib_staq.replay import TransitionTable
+from rllib_staq.staq_learner import (
+    ALPHA_KEY,
+    BETA_KEY,
+    ENTROPY_COEFF_KEY,
+    EPSILON_KEY,
+    FQI_TIMER,
+    ITERATION_TIMER,
+    KL_NEW_OLD_KEY,
+    MEAN_Q_KEY,
+    NUM_GRAD_STEPS_KEY,
+    NUM_MODULE_STEPS_ADDED,
+    NUM_MODULE_STEPS_ADDED_LIFETIME,
+    NUM_MODULE_STEPS_EVICTED,
+    NUM_MODULE_STEPS_EVICTED_LIFETIME,
+    NUM_MODULE_STEPS_SAMPLED,
+    NUM_MODULE_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_STORED,
+    NUM_PUSHES_KEY,
+    POLICY_ENTROPY_KEY,
+    PUSH_TIMER,
+    REPLAY_SIZE_KEY,
+    STACK_FILL_KEY,
+    TD_LOSS_KEY,
+)
+from rllib_staq.torch.continuous_staq_torch_rl_module import QF_PREDS
+from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, REPLAY_STATE_KEY, adam
+
+logger = logging.getLogger(__name__)
+
+CRITIC_OPTIMIZER = "critic"
+ACTOR_OPTIMIZER = "actor"
+ACTOR_FIT_TIMER = "actor_fit_timer"
+# Reverse-KL loss on fixed probe states and noise before/after the fit: their
+# difference is the exact drop of KL(pi_theta || pi_{k+1}) (log Z is fixed).
+ACTOR_LOSS_BEFORE_KEY = "actor_loss_before_fit"
+ACTOR_LOSS_AFTER_KEY = "actor_loss_after_fit"
+ACTOR_LOSS_MEAN_KEY = "actor_loss"
+
+
+class ContinuousStaQTorchLearner(TorchLearner):
+    @override(TorchLearner)
+    def build(self) -> None:
+        threads.apply_intra_op_threads(self.config.intra_op_threads)
+        super().build()
+        self.module.foreach_module(lambda mid, mod: mod.make_target_networks())
+        self._learner_connector.insert_after(
+            AddObservationsFromEpisodesToBatch,
+            AddNextObservationsFromEpisodesToTrainBatch(),
+        )
+        self._tables: Dict[ModuleID, TransitionTable] = {}
+        self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
+        self._current_entropy_coeff: Dict[ModuleID, float] = {}
+        self._current_env_steps = 0
+        seed = self.config.seed if self.config.seed is not None else 0
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
+
+    @override(TorchLearner)
+    def configure_optimizers_for_module(self, module_id: ModuleID, config=None) -> None:
+        """Two Adams, as SAC's learner: the critics (``lr``) and the actor (``actor_lr``)."""
+        module = self._module[module_id]
+        critic_params = self.get_parameters(module.critics)
+        actor_params = self.get_parameters(module.actor)
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer_name=CRITIC_OPTIMIZER,
+            optimizer=adam(critic_params),
+            params=critic_params,
+            lr_or_lr_schedule=config.lr,
+        )
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer_name=ACTOR_OPTIMIZER,
+            optimizer=adam(actor_params),
+            params=actor_params,
+            lr_or_lr_schedule=config.actor_lr,
+        )
+
+    def _module_config(self, module_id: ModuleID):
+        return self.config.get_config_for_module(module_id)
+
+    def _unwrapped(self, module_id: ModuleID):
+        return self.module[module_id].unwrapped()
+
+    def _table(self, module_id: ModuleID) -> TransitionTable:
+        if module_id not in self._tables:
+            capacity = self._module_config(module_id).replay_capacity_per_learner
+            self._tables[module_id] = TransitionTable(capacity, device=self.device)
+        return self._tables[module_id]
+
+    def entropy_coeff(self, module_id: ModuleID) -> float:
+        """tau of the current iteration (divided by d ln 2 if configured)."""
+        return self._current_entropy_coeff[module_id]
+
+    @override(TorchLearner)
+    def before_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0
+        self._current_env_steps = env_steps
+        for module_id in self.module.keys():
+            config = self._module_config(module_id)
+            if module_id not in self._entropy_schedules:
+                self._entropy_schedules[module_id] = Scheduler(config.entropy_coeff)
+            schedule = self._entropy_schedules[module_id]
+            raw = schedule.update(env_steps) if schedule.use_schedule else config.entropy_coeff
+            self._current_entropy_coeff[module_id] = pmd.scaled_box_entropy_coeff(
+                float(raw),
+                self._unwrapped(module_id).action_dim,
+                config.scale_entropy_by_log_actions,
+            )
+
+    # ------------------------------------------------------------------ #
+    # One StaQ iteration.
+    # ------------------------------------------------------------------ #
+    @override(TorchLearner)
+    def _update(self, batch: Dict[str, Any], **kwargs) -> Tuple[Any, Any, Any]:
+        loss_per_module = {}
+        for module_id, module_batch in batch.items():
+            self.add_transitions(module_id, module_batch)
+            table = self._table(module_id)
+            with self.metrics.log_time((module_id, FQI_TIMER), **ITERATION_TIMER):
+                loss_per_module[module_id] = self._run_fqi_phase(module_id, table)
+            with self.metrics.log_time((module_id, PUSH_TIMER), **ITERATION_TIMER):
+                self._push(module_id)
+            with self.metrics.log_time((module_id, ACTOR_FIT_TIMER), **ITERATION_TIMER):
+                self._fit_actor(module_id, table)
+                self._wait_for_device()
+            self._log_iteration(module_id, table)
+        return {}, loss_per_module, {}
+
+    def add_transitions(self, module_id: ModuleID, module_batch: Dict[str, Any]) -> None:
+        """Appends OBS, ACTIONS ``[n, d]`` (float, in [-1, 1]), REWARDS, TERMINATEDS, NEXT_OBS."""
+        table = self._table(module_id)
+        columns = {
+            Columns.OBS: module_batch[Columns.OBS].float(),
+            Columns.ACTIONS: module_batch[Columns.ACTIONS]
+            .float()
+            .reshape(module_batch[Columns.REWARDS].shape[0], -1),
+            Columns.REWARDS: module_batch[Columns.REWARDS].float(),
+            Columns.TERMINATEDS: module_batch[Columns.TERMINATEDS].float(),
+            Columns.NEXT_OBS: module_batch[Columns.NEXT_OBS].float(),
+        }
+        for field in (Columns.OBS, Columns.NEXT_OBS, Columns.REWARDS, Columns.ACTIONS):
+            if not bool(torch.isfinite(columns[field]).all()):
+                raise ValueError(
+                    f"StaQ: env {getattr(self.config.env, '__name__', self.config.env)!r} "
+                    f"returned a NaN or inf `{field}` (module {module_id!r}); training stops "
+                    "before it reaches the replay table or the stack."
+                )
+        size_before = table.size
+        num_added = table.add(columns).shape[0]
+        num_evicted = max(0, size_before + num_added - table.capacity)
+        log = self.metrics.log_value
+        log((module_id, NUM_MODULE_STEPS_STORED), table.size, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_ADDED), num_added, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_ADDED_LIFETIME), num_added, reduce="lifetime_sum")
+        log((module_id, NUM_MODULE_STEPS_EVICTED), num_evicted, reduce="sum")
+        log((module_id, NUM_MODULE_STEPS_EVICTED_LIFETIME), num_evicted, reduce="lifetime_sum")
+
+    def _run_fqi_phase(self, module_id: ModuleID, table: TransitionTable) -> torch.Tensor:
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        tau = self.entropy_coeff(module_id)
+        optimizer = self.get_optimizer(module_id, CRITIC_OPTIMIZER)
+        steps = config.grad_steps_per_iteration
+        td_losses = torch.zeros(steps, device=self.device)
+        mean_qs = torch.zeros_like(td_losses)
+        grad_steps_before = int(module.stack.num_grad_steps)
+        module.train()
+        for step in range(steps):
+            indices = table.sample_indices(config.train_batch_size_per_learner, self._generator)
+            minibatch = table.gather(indices)
+            minibatch[FQI_TARGETS] = self.fqi_targets(module_id, module, minibatch, tau)
+            fwd_out = module._forward_train(minibatch)
+            q_values = fwd_out[QF_PREDS]  # [E, B]
+            loss = self.compute_loss_for_module(
+                module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            td_losses[step] = loss.detach() / module.num_q_networks
+            mean_qs[step] = q_values.detach().mean()
+            if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
+                for main_net, target_net in module.get_target_network_pairs():
+                    update_target_network(main_net=main_net, target_net=target_net, tau=config.tau)
+        module.stack.num_grad_steps += steps
+        num_sampled = steps * config.train_batch_size_per_learner
+        self.metrics.log_value((module_id, NUM_MODULE_STEPS_SAMPLED), num_sampled, reduce="sum")
+        self.metrics.log_value(
+            (module_id, NUM_MODULE_STEPS_SAMPLED_LIFETIME), num_sampled, reduce="lifetime_sum"
+        )
+        self.metrics.log_value((module_id, TD_LOSS_KEY), td_losses.mean().item(), window=1)
+        self.metrics.log_value((module_id, MEAN_Q_KEY), mean_qs.mean().item(), window=1)
+        return td_losses.mean()
+
+    @override(TorchLearner)
+    def compute_loss_for_module(
+        self, *, module_id: ModuleID, config, batch: Dict[str, Any], fwd_out: Dict[str, Any]
+    ) -> torch.Tensor:
+        """Sum over ensemble members of the MSE to the soft target ``batch[FQI_TARGETS]``."""
+        return ((fwd_out[QF_PREDS] - batch[FQI_TARGETS]) ** 2).mean(-1).sum()
+
+    @torch.no_grad()
+    def fqi_targets(self, module_id, module, minibatch, tau: float) -> torch.Tensor:
+        """The soft target with one ``a' ~ pi_theta_k(.|s')``: ``[B]``."""
+        config = self._module_config(module_id)
+        next_obs = minibatch[Columns.NEXT_OBS]
+        next_actions, next_log_prob = module.sample_actions(next_obs, generator=self._generator)
+        target_q = module.critic_values(next_obs, next_actions, target=True)  # [E, B]
+        target_q = target_q.min(0).values if config.ensemble_target == "min" else target_q.mean(0)
+        return pmd.box_soft_target(
+            minibatch[Columns.REWARDS],
+            minibatch[Columns.TERMINATEDS],
+            target_q,
+            next_log_prob,
+            entropy_coeff=tau,
+            gamma=config.gamma,
+            reward_scale=config.reward_scale,
+        )
+
+    @torch.no_grad()
+    def _push(self, module_id: ModuleID) -> None:
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        alpha, beta = pmd.pmd_step_sizes(config.kl_coeff, self.entropy_coeff(module_id))
+        correction = pmd.weight_correction(beta, module.stack_size, config.weight_correction)
+        module.push_onto_stack(alpha, beta, correction)
+        self.metrics.log_value((module_id, ALPHA_KEY), alpha, window=1)
+        self.metrics.log_value((module_id, BETA_KEY), beta, window=1)
+
+    def _fit_actor(self, module_id: ModuleID, table: TransitionTable) -> None:
+        """``actor_steps_per_iteration`` reverse-KL steps onto exp(xi_{k+1})."""
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
+        batch_size = config.train_batch_size_per_learner
+        # Fixed probe states and noise: the loss there before and after the fit.
+        probe_obs = table.gather(table.sample_indices(batch_size, self._generator))[Columns.OBS]
+        probe_noise = torch.randn(
+            batch_size, module.action_dim, generator=self._generator, device=self.device
+        )
+        first_fit = module.acts_uniformly
+        with torch.no_grad():
+            old_mean, old_log_std = module.actor(probe_obs)
+            loss_before = self.actor_loss(module, probe_obs, probe_noise).item()
+        losses = torch.zeros(config.actor_steps_per_iteration, device=self.device)
+        for step in range(config.actor_steps_per_iteration):
+            obs = table.gather(table.sample_indices(batch_size, self._generator))[Columns.OBS]
+            noise = torch.randn(
+                batch_size, module.action_dim, generator=self._generator, device=self.device
+            )
+            loss = self.actor_loss(module, obs, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step] = loss.detach()
+        module.num_actor_fits += 1
+        with torch.no_grad():
+            loss_after = self.actor_loss(module, probe_obs, probe_noise).item()
+            mean, log_std = module.actor(probe_obs)
+            _, log_prob = pmd.squashed_gaussian_rsample(mean, log_std, probe_noise)
+            # tanh is invertible, so the squashed KL is the pre-tanh Gaussian one;
+            # none before the first fit (pi_0 is uniform, not the initial actor).
+            kl = (
+                float("nan")
+                if first_fit
+                else pmd.diagonal_gaussian_kl(mean, log_std, old_mean, old_log_std).mean().item()
+            )
+        log = self.metrics.log_value
+        log((module_id, ACTOR_LOSS_BEFORE_KEY), loss_before, window=1)
+        log((module_id, ACTOR_LOSS_AFTER_KEY), loss_after, window=1)
+        log((module_id, ACTOR_LOSS_MEAN_KEY), losses.mean().item(), window=1)
+        log((module_id, KL_NEW_OLD_KEY), kl, window=1)
+        log((module_id, POLICY_ENTROPY_KEY), -log_prob.mean().item(), window=1)
+
+    @staticmethod
+    def actor_loss(module, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Reverse-KL loss (up to E_s log Z) on ``obs`` with the given noise."""
+        mean, log_std = module.actor(obs)
+        actions, log_prob = pmd.squashed_gaussian_rsample(mean, log_std, noise)
+        return pmd.reverse_kl_actor_loss(log_prob, module.stack_energy(obs, actions))
+
+    def _log_iteration(self, module_id: ModuleID, table: TransitionTable) -> None:
+        module = self._unwrapped(module_id)
+        log = self.metrics.log_value
+        log((module_id, STACK_FILL_KEY), module.stack_fill, window=1)
+        log((module_id, NUM_PUSHES_KEY), int(module.stack.num_pushes), window=1)
+        log((module_id, NUM_GRAD_STEPS_KEY), int(module.stack.num_grad_steps), window=1)
+        log((module_id, ENTROPY_COEFF_KEY), self.entropy_coeff(module_id), window=1)
+        log((module_id, EPSILON_KEY), module.current_epsilon(self._current_env_steps), window=1)
+        log((module_id, REPLAY_SIZE_KEY), table.size, window=1)
+
+    def _wait_for_device(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ #
+    # Checkpointing of the transition tables (as the discrete learner).
+    # ------------------------------------------------------------------ #
+    @override(TorchLearner)
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        if self.config.store_buffer_in_checkpoints:
+            state[REPLAY_STATE_KEY] = {
+                mid: table.get_state() for mid, table in self._tables.items()
+            }
+        return state
+
+    @override(TorchLearner)
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for module_id, table_state in state.get(REPLAY_STATE_KEY, {}).items():
+            self._table(module_id).set_state(table_state)
