@@ -199,7 +199,11 @@ def test_pendulum_builds_trains_and_round_trips_a_checkpoint(ray_session, tmp_pa
         assert isinstance(algo.learner_group._learner, ContinuousStaQTorchLearner)
         module = _learner_module(algo)
         assert isinstance(module, ContinuousStaQTorchRLModule)
-        # EnvRunners hold the actor only: no critics, targets or stack.
+        # Weight sync carries the actor only: no critics, targets or stack.
+        synced_keys = set(module.get_state(inference_only=True))
+        assert synced_keys and all(
+            k.startswith("actor.") or k == "num_actor_fits" for k in synced_keys
+        )
         runner_keys = set(algo.get_module().state_dict())
         assert runner_keys and all(
             k.startswith("actor.") or k == "num_actor_fits" for k in runner_keys
@@ -319,3 +323,13 @@ def test_image_observations_refused_by_the_module():
             action_space=ACTION_SPACE,
             model_config={},
         ).build()
+
+
+def test_diagonal_gaussian_kl_closed_form():
+    # KL(N(0, 1) || N(1, 2^2)) = ln 2 + (1 + 1) / 8 - 1/2, per dimension.
+    mean_p, log_std_p = torch.zeros(1, 2), torch.zeros(1, 2)
+    mean_q, log_std_q = torch.ones(1, 2), torch.full((1, 2), math.log(2.0))
+    expected = 2 * (math.log(2.0) + 2.0 / 8.0 - 0.5)
+    kl = pmd.diagonal_gaussian_kl(mean_p, log_std_p, mean_q, log_std_q)
+    assert float(kl) == pytest.approx(expected, rel=1e-6)
+    assert float(pmd.diagonal_gaussian_kl(mean_q, log_std_q, mean_q, log_std_q)) == 0.0

@@ -297,12 +297,13 @@ class ContinuousStaQTorchLearner(TorchLearner):
             loss_after = self.actor_loss(module, probe_obs, probe_noise).item()
             mean, log_std = module.actor(probe_obs)
             _, log_prob = pmd.squashed_gaussian_rsample(mean, log_std, probe_noise)
-            # tanh is invertible, so the squashed KL is the pre-tanh Gaussian one;
-            # none before the first fit (pi_0 is uniform, not the initial actor).
+            # KL(pi_theta_k || pi_theta_{k+1}) on the probe states, the discrete
+            # key's direction; tanh is invertible, so the squashed KL is the
+            # pre-tanh Gaussian one. None at the first fit (pi_0 is uniform).
             kl = (
                 float("nan")
                 if first_fit
-                else pmd.diagonal_gaussian_kl(mean, log_std, old_mean, old_log_std).mean().item()
+                else pmd.diagonal_gaussian_kl(old_mean, old_log_std, mean, log_std).mean().item()
             )
         log = self.metrics.log_value
         log((module_id, ACTOR_LOSS_BEFORE_KEY), loss_before, window=1)
