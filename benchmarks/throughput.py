@@ -573,15 +573,18 @@ class _TimedDQN:
         )
 
 
-# label suffix -> StaQ training() settings on top of the equal settings.
-SB3_STAQ_VARIANTS = {"default": {}}
+# label -> config attributes set on top of the equal settings. "bf16": the learner's
+# experimental `fqi_matmul_dtype` (hidden layers of the FQI passes under bf16 autocast).
+SB3_STAQ_VARIANTS = {"default": {}, "bf16": {"fqi_matmul_dtype": "bfloat16"}}
 
 
 def staq_equal_config(args, num_envs: int, variant: str):
     steps = args.sb3_staq_steps
     config = staq_config(args, 1, steps, steps, num_envs).training(
-        num_q_networks=1, target_network_update_freq=200, **SB3_STAQ_VARIANTS[variant]
+        num_q_networks=1, target_network_update_freq=200
     )
+    for name, value in SB3_STAQ_VARIANTS[variant].items():
+        setattr(config, name, value)
     return config.debugging(seed=0)
 
 

@@ -27,6 +27,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.typing import ModuleID
+from torch.optim.adam import adam as functional_adam
 
 from rllib_staq import pmd, threads
 from rllib_staq.connectors import AddNextStackSumsFromEpisodesToTrainBatch
@@ -62,6 +63,7 @@ from rllib_staq.staq_learner import (
 from rllib_staq.torch.default_staq_torch_rl_module import (
     QF_PREDS,
     QF_TARGET_NEXT_PREDS,
+    to_network_input,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class StaQTorchLearner(TorchLearner):
         self._tables: Dict[ModuleID, TransitionTable] = {}
         self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
         self._current_entropy_coeff: Dict[ModuleID, float] = {}
+        self._flat_adams: Dict[ModuleID, FlatAdam] = {}
         seed = self.config.seed if self.config.seed is not None else 0
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
@@ -256,30 +259,51 @@ class StaQTorchLearner(TorchLearner):
         return module.logit_scale * self._tables[module_id].filled(NEXT_STACK_SUM)
 
     def _run_fqi_phase(self, module_id: ModuleID, table: TransitionTable) -> torch.Tensor:
-        """``grad_steps_per_iteration`` Adam steps of fitted-Q evaluation."""
+        """``grad_steps_per_iteration`` Adam steps of fitted-Q evaluation.
+
+        Everything of the target that is fixed for the phase (pi_k at each stored
+        next-state, its entropy, the scaled reward and the discount) is computed
+        once per table row here (:meth:`_fqi_phase_rows`), not per minibatch, and
+        the optimizer step is one fused Adam kernel over one flat tensor
+        (:class:`FlatAdam`) where RLlib's general path is not needed. Both give
+        the same numbers as the per-step computation, bit for bit (tests).
+        """
         config = self._module_config(module_id)
         module = self._unwrapped(module_id)
         tau = self.entropy_coeff(module_id)
-        td_losses = torch.zeros(config.grad_steps_per_iteration, device=self.device)
-        mean_qs = torch.zeros_like(td_losses)
+        rows = self._fqi_phase_rows(module_id, module, table, tau)
+        flat_adam = self._flat_adam(module_id)
+        td_losses, mean_qs = [], []
         # A host-side counter: reading the buffer each step would sync a GPU.
         grad_steps_before = int(module.num_grad_steps)
-        forward_train = self._fqi_forward_train(module_id)
+        forward_train, forward_target = self._fqi_forwards(module_id)
         for step in range(config.grad_steps_per_iteration):
             indices = table.sample_indices(config.train_batch_size_per_learner, self._generator)
-            minibatch = table.gather(indices)
-            minibatch[FQI_TARGETS] = self._fqi_target(module_id, module, minibatch, tau)
+            minibatch = {
+                Columns.OBS: table.columns[Columns.OBS][indices],
+                Columns.ACTIONS: table.columns[Columns.ACTIONS][indices],
+                Columns.NEXT_OBS: table.columns[Columns.NEXT_OBS][indices],
+            }
+            minibatch[FQI_TARGETS] = self._fqi_target_from_rows(
+                module_id, module, minibatch[Columns.NEXT_OBS], rows[indices], forward_target
+            )
             fwd_out = forward_train(minibatch)
             loss = self.compute_loss_for_module(
                 module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
             )
-            gradients = self.compute_gradients({module_id: loss})
-            self._apply_fqi_gradients(self.postprocess_gradients(gradients))
-            td_losses[step] = loss.detach() / module.num_q_networks
-            mean_qs[step] = fwd_out[QF_PREDS].detach().mean()
+            if flat_adam is not None:
+                flat_adam.step(loss, self.config.torch_skip_nan_gradients)
+            else:
+                gradients = self.compute_gradients({module_id: loss})
+                self._apply_fqi_gradients(self.postprocess_gradients(gradients))
+            td_losses.append(loss.detach())
+            mean_qs.append(fwd_out[QF_PREDS].detach().mean())
             if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
                 for main_net, target_net in module.get_target_network_pairs():
                     update_target_network(main_net=main_net, target_net=target_net, tau=config.tau)
+        if flat_adam is not None:
+            flat_adam.end_phase()
+        td_losses = torch.stack(td_losses) / module.num_q_networks
         module.num_grad_steps += config.grad_steps_per_iteration
         num_sampled = config.grad_steps_per_iteration * config.train_batch_size_per_learner
         self.metrics.log_value((module_id, NUM_MODULE_STEPS_SAMPLED), num_sampled, reduce="sum")
@@ -287,8 +311,100 @@ class StaQTorchLearner(TorchLearner):
             (module_id, NUM_MODULE_STEPS_SAMPLED_LIFETIME), num_sampled, reduce="lifetime_sum"
         )
         self.metrics.log_value((module_id, TD_LOSS_KEY), td_losses.mean().item(), window=1)
-        self.metrics.log_value((module_id, MEAN_Q_KEY), mean_qs.mean().item(), window=1)
+        self.metrics.log_value(
+            (module_id, MEAN_Q_KEY), torch.stack(mean_qs).mean().item(), window=1
+        )
         return td_losses.mean()
+
+    def _fqi_phase_rows(self, module_id, module, table, tau: float) -> torch.Tensor:
+        """:meth:`target_rows` of every stored transition, once per phase: ``[N, 3 + A]``."""
+        return self.target_rows(
+            module_id,
+            module,
+            table.filled(Columns.REWARDS),
+            table.filled(Columns.TERMINATEDS),
+            table.filled(NEXT_STACK_SUM),
+            tau,
+        )
+
+    @torch.no_grad()
+    def target_rows(self, module_id, module, rewards, terminateds, next_sums, tau: float):
+        """The parts of Eq. 8 that stay fixed during a phase, per transition: ``[N, 3 + A]``.
+
+        Columns: ``reward_scale * r``, ``gamma * (1 - terminated)``,
+        ``tau * H(pi_k(.|s'))`` and pi_k(.|s') (from the cached unscaled
+        next-state sums). All row-wise, so gathering a minibatch's rows gives the
+        values a per-minibatch computation gives, bit for bit (tests).
+        """
+        config = self._module_config(module_id)
+        next_logits = module.logit_scale * next_sums  # [N, A]
+        return torch.cat(
+            [
+                (config.reward_scale * rewards).unsqueeze(-1),
+                (config.gamma * (1.0 - terminateds.float())).unsqueeze(-1),
+                (tau * pmd.categorical_entropy(next_logits)).unsqueeze(-1),
+                torch.softmax(next_logits, -1),
+            ],
+            dim=-1,
+        )
+
+    def _flat_adam(self, module_id: ModuleID) -> "FlatAdam | None":
+        """The module's :class:`FlatAdam`, or None where RLlib's general path is needed.
+
+        General path: a DDP-wrapped module (its gradients sync per tensor), grad
+        scalers or torch LR schedulers, gradient clipping or logging, or an
+        optimizer other than one fused torch Adam over the module's parameters.
+        """
+        optimizers = [opt for _, opt in self.get_optimizers_for_module(module_id)]
+        config = self._module_config(module_id)
+        if (
+            self.module[module_id] is not self._unwrapped(module_id)
+            or self._grad_scalers is not None
+            or self._lr_scheduler_classes is not None
+            or config.grad_clip is not None
+            or config.log_gradients
+            or len(optimizers) != 1
+            or not FlatAdam.supports(optimizers[0])
+        ):
+            return None
+        flat = self._flat_adams.get(module_id)
+        if flat is None or not flat.is_bound_to(optimizers[0]):
+            params = [p for p in optimizers[0].param_groups[0]["params"] if p.requires_grad]
+            flat = FlatAdam(optimizers[0], params)
+            self._flat_adams[module_id] = flat
+        flat.begin_phase()
+        return flat
+
+    def _fqi_forwards(self, module_id: ModuleID):
+        """The FQI phase's (training forward, target forward), by ``fqi_matmul_dtype``.
+
+        "float32": the module's own passes. "bfloat16": :func:`mixed_precision_q`
+        for each trainable and target network (not for a DDP-wrapped module,
+        which ``validate()`` refuses with this setting).
+        """
+        module = self._unwrapped(module_id)
+        forward_train = self._fqi_forward_train(module_id)
+        # Not yet a StaQConfig setting (measured option, see the README's Performance).
+        dtype = getattr(self._module_config(module_id), "fqi_matmul_dtype", "float32")
+        if dtype == "float32" or self.module[module_id] is not module:
+            return forward_train, module.forward_target
+        dtype = getattr(torch, dtype)
+
+        def train(batch):
+            obs = batch[Columns.OBS]
+            return {
+                QF_PREDS: torch.stack([mixed_precision_q(n, obs, dtype) for n in module.q_nets])
+            }
+
+        def target(batch):
+            obs = batch[Columns.OBS]
+            return {
+                QF_TARGET_NEXT_PREDS: torch.stack(
+                    [mixed_precision_q(n, obs, dtype) for n in module.target_q_nets]
+                )
+            }
+
+        return train, target
 
     def _fqi_forward_train(self, module_id: ModuleID):
         """The training forward used at every FQI step.
@@ -342,32 +458,43 @@ class StaQTorchLearner(TorchLearner):
         q_taken = q_values.gather(-1, index).squeeze(-1)  # [E, B]
         return ((q_taken - batch[FQI_TARGETS]) ** 2).mean(-1).sum()
 
-    @torch.no_grad()
     def _fqi_target(self, module_id, module, minibatch, tau: float) -> torch.Tensor:
+        """Eq. 8 for a minibatch with REWARDS, TERMINATEDS, NEXT_OBS and NEXT_STACK_SUM."""
+        rows = self.target_rows(
+            module_id,
+            module,
+            minibatch[Columns.REWARDS],
+            minibatch[Columns.TERMINATEDS],
+            minibatch[NEXT_STACK_SUM],
+            tau,
+        )
+        return self._fqi_target_from_rows(module_id, module, minibatch[Columns.NEXT_OBS], rows)
+
+    @torch.no_grad()
+    def _fqi_target_from_rows(
+        self, module_id, module, next_obs, rows, forward_target=None
+    ) -> torch.Tensor:
+        """Eq. 8 (:func:`pmd.soft_sarsa_target`, same operations) from :meth:`target_rows`.
+
+        ``y = reward_scale*r + gamma*(1-terminated)*(Qbar(s',a') + tau*H(pi_k(.|s')))``
+        with a' ~ pi_k(.|s') (or the expectation over pi_k); ``rows`` ``[B, 3 + A]``.
+        """
         config = self._module_config(module_id)
-        target_q = module.forward_target({Columns.OBS: minibatch[Columns.NEXT_OBS]})[
-            QF_TARGET_NEXT_PREDS
-        ]  # [E, B, A]
+        forward_target = forward_target or module.forward_target
+        target_q = forward_target({Columns.OBS: next_obs})[QF_TARGET_NEXT_PREDS]  # [E, B, A]
         if config.ensemble_target == "min":
             target_q = target_q.min(0).values
         else:
             target_q = target_q.mean(0)
-        next_logits = module.logit_scale * minibatch[NEXT_STACK_SUM]
-        next_actions = None
-        if not config.expected_next_value:
-            next_actions = torch.multinomial(
-                torch.softmax(next_logits, -1), 1, generator=self._generator
-            ).squeeze(-1)
-        return pmd.soft_sarsa_target(
-            minibatch[Columns.REWARDS],
-            minibatch[Columns.TERMINATEDS],
-            target_q,
-            next_logits,
-            entropy_coeff=tau,
-            gamma=config.gamma,
-            reward_scale=config.reward_scale,
-            next_actions=next_actions,
-        )
+        scaled_rewards, discounts, entropy_bonus = rows[:, 0], rows[:, 1], rows[:, 2]
+        next_probs = rows[:, 3:]
+        if config.expected_next_value:
+            next_q = (next_probs * target_q).sum(-1)
+        else:
+            next_actions = torch.multinomial(next_probs, 1, generator=self._generator)
+            next_q = target_q.gather(-1, next_actions).squeeze(-1)
+        soft_value = next_q + entropy_bonus
+        return scaled_rewards + discounts * soft_value
 
     # ------------------------------------------------------------------ #
     # The policy update: push (no optimisation).
@@ -490,6 +617,30 @@ def _transition_columns(
     return columns, versions
 
 
+def mixed_precision_q(net, obs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One QNetwork's ``Q(obs, .)`` ``[B, A]`` with its middle layers under autocast to ``dtype``.
+
+    The first layer (it reads the observation; few FLOPs) and the head (its
+    outputs are Q-values of up to ~1000 with ``reward_scale`` 10, where bf16's
+    8-bit mantissa would round by up to 4) stay float32; every conv or dense
+    layer in between runs its matrix products in ``dtype`` (bf16: AMX / AVX512-BF16
+    on recent x86 CPUs, tensor cores on GPUs), gradients included. Same layers in
+    the same order as ``QNetwork.forward``.
+    """
+    features = to_network_input(obs, net.image_input)
+    device_type = features.device.type
+    layers = [*net.convs, None, *net.denses]  # None: the flatten between them
+    first = True
+    for layer in layers:
+        if layer is None:
+            features = features.flatten(1)
+            continue
+        with torch.autocast(device_type, dtype=dtype, enabled=not first and dtype != torch.float32):
+            features = net.activation(layer(features))
+        first = False
+    return net.head(features.float())
+
+
 def adam(params) -> torch.optim.Adam:
     """``torch.optim.Adam`` in its fused implementation where torch has one for the params' device.
 
@@ -503,3 +654,146 @@ def adam(params) -> torch.optim.Adam:
             "No fused Adam in torch %s for this device; using the default.", torch.__version__
         )
         return torch.optim.Adam(params)
+
+
+class FlatAdam:
+    """Fused Adam over one flat tensor for a module's trainable parameters.
+
+    The parameters, their gradients and Adam's moments become views of flat
+    tensors, so an FQI step is one ``zero_`` of the gradients, the backward pass
+    (autograd accumulates into the views), one finiteness check and one
+    ``torch.optim.adam.adam(fused=True)`` call, without the per-tensor work and
+    Python of ``Optimizer.step``. The fused CPU kernel runs vector instructions
+    over a tensor's first ``numel // 16 * 16`` elements and scalar ones over the
+    rest, and the two round differently in the last bit; so the parameters whose
+    size is a multiple of ``ALIGN`` share one flat segment (every element on the
+    vector path, as on its own) and each other one (the heads' biases) stays a
+    tensor of its own in the call: 1 + E tensors instead of 6E, bit-identical
+    to the optimizer's own fused step (tests). The registered optimizer keeps
+    its state (its state tensors are the views), so checkpoints see the same
+    optimizer state as before; a state loaded into it is copied in at the next
+    phase.
+    """
+
+    ALIGN = 16  # float32 elements per AVX-512 vector.
+
+    def __init__(self, optimizer: torch.optim.Adam, params):
+        self.optimizer = optimizer
+        params = list(params)
+        # Bulk (multiple-of-ALIGN sizes) first, then each ragged one at an aligned offset.
+        self.params = [p for p in params if p.numel() % self.ALIGN == 0]
+        self.bulk_size = sum(p.numel() for p in self.params)
+        ragged = [p for p in params if p.numel() % self.ALIGN != 0]
+        self.params += ragged
+        offsets, total = [], 0
+        for param in self.params:
+            offsets.append(total)
+            total += -(-param.numel() // self.ALIGN) * self.ALIGN
+        first = self.params[0]
+        flats = [torch.zeros(total, dtype=first.dtype, device=first.device) for _ in range(4)]
+        self.flat_param, self.flat_grad, self.flat_exp_avg, self.flat_exp_avg_sq = flats
+        self.pieces = [slice(o, o + p.numel()) for o, p in zip(offsets, self.params)]
+        # The tensors of one kernel call: the bulk segment, then each ragged parameter.
+        segments = [slice(0, self.bulk_size)] if self.bulk_size else []
+        segments += self.pieces[len(self.params) - len(ragged) :]
+        self.segments = [[flat[seg] for seg in segments] for flat in flats]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=first.device) for _ in segments]
+        # Each parameter's step tensor: its segment's.
+        self.param_steps = [self.steps[0]] * (len(self.params) - len(ragged)) + self.steps[
+            len(self.steps) - len(ragged) :
+        ]
+        self.views = []  # (grad, exp_avg, exp_avg_sq) views per parameter
+        with torch.no_grad():
+            for param, piece in zip(self.params, self.pieces):
+                self.flat_param[piece].copy_(param.reshape(-1))
+                param.data = self.flat_param[piece].view_as(param)
+                self.views.append(tuple(flat[piece].view_as(param) for flat in flats[1:]))
+
+    @staticmethod
+    def supports(optimizer) -> bool:
+        """One param group of a fused, non-AMSGrad torch Adam over float32 tensors."""
+        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+            return False
+        group = optimizer.param_groups[0]
+        params = [p for p in group["params"] if p.requires_grad]
+        return (
+            bool(group.get("fused"))
+            and not group["amsgrad"]
+            and not group.get("decoupled_weight_decay", False)
+            and bool(params)
+            and all(p.dtype == torch.float32 and p.device == params[0].device for p in params)
+            and not any(isinstance(group[key], torch.Tensor) for key in ("lr", "betas"))
+        )
+
+    def is_bound_to(self, optimizer) -> bool:
+        """Still this optimizer's parameters, each still a view of the flat tensor."""
+        params = [p for p in optimizer.param_groups[0]["params"] if p.requires_grad]
+        return (
+            optimizer is self.optimizer
+            and len(params) == len(self.params)
+            and {id(p) for p in params} == {id(p) for p in self.params}
+            and all(
+                p.data_ptr() == self.flat_param[piece].data_ptr()
+                for p, piece in zip(self.params, self.pieces)
+            )
+        )
+
+    @torch.no_grad()
+    def begin_phase(self) -> None:
+        """Binds gradients and the optimizer's state to the flat tensors."""
+        state = self.optimizer.state
+        for param, (grad, exp_avg, exp_avg_sq), step in zip(
+            self.params, self.views, self.param_steps
+        ):
+            param.grad = grad
+            entry = state[param]
+            if entry.get("exp_avg") is exp_avg and entry.get("step") is step:
+                continue
+            # A fresh optimizer, or a state set by RLlib (checkpoint restore).
+            if "exp_avg" in entry:
+                exp_avg.copy_(entry["exp_avg"])
+                exp_avg_sq.copy_(entry["exp_avg_sq"])
+                step.copy_(entry["step"])
+            else:
+                exp_avg.zero_()
+                exp_avg_sq.zero_()
+                step.zero_()
+            entry.update(step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+
+    def step(self, loss: torch.Tensor, skip_nan_gradients: bool) -> None:
+        """Backward and one Adam step; nan/inf gradients handled as in RLlib's path."""
+        self.flat_grad.zero_()
+        loss.backward()
+        with torch.no_grad():
+            # One pass: a nan/inf entry makes the sum nan/inf (``isfinite`` over
+            # the tensor takes four passes here, ~10% of a CPU step).
+            if not bool(self.flat_grad.sum().isfinite()):
+                if skip_nan_gradients:
+                    logger.warning("Skipping an FQI step with nan/inf gradients.")
+                    return
+                logger.warning("Setting nan/inf entries of FQI gradients to zero.")
+                self.flat_grad.nan_to_num_()
+            group = self.optimizer.param_groups[0]
+            beta1, beta2 = group["betas"]
+            params, grads, exp_avgs, exp_avg_sqs = self.segments
+            functional_adam(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                self.steps,
+                fused=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+            )
+
+    def end_phase(self) -> None:
+        """Leaves no gradient views on the parameters (RLlib's path sets its own)."""
+        for param in self.params:
+            param.grad = None

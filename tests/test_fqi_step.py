@@ -1,0 +1,142 @@
+"""The FQI fast path (flat fused Adam, per-row targets): bit-identical to the general path."""
+
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from rllib_staq.torch.staq_torch_learner import (
+    NEXT_STACK_SUM,
+    FlatAdam,
+    StaQTorchLearner,
+    adam,
+    mixed_precision_q,
+)
+
+from conftest import tiny_config
+
+MODULE_ID = "default_policy"
+# A 2x256 Q-network's shapes: the heads' biases (2) are not a multiple of 16.
+SHAPES = [(256, 4), (256,), (256, 256), (256,), (2, 256), (2,)]
+
+
+def _toy_params(seed):
+    torch.manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape)) for shape in SHAPES]
+
+
+def _toy_loss(params, x):
+    h = torch.relu(x @ params[0].T + params[1])
+    h = torch.relu(h @ params[2].T + params[3])
+    return ((h @ params[4].T + params[5]) ** 2).mean()
+
+
+def test_flat_adam_takes_the_fused_optimizers_steps_bit_for_bit():
+    reference, flat_params = _toy_params(0), _toy_params(0)
+    reference_adam, flat_adam = adam(reference), adam(flat_params)
+    for group in (*reference_adam.param_groups, *flat_adam.param_groups):
+        group["lr"] = 1e-2
+    flat = FlatAdam(flat_adam, flat_params)
+    assert len(flat.segments[0]) == 2  # one bulk segment + the ragged head bias
+    x = torch.randn(64, 4)
+    for _ in range(25):
+        flat.begin_phase()
+        reference_adam.zero_grad(set_to_none=True)
+        _toy_loss(reference, x).backward()
+        reference_adam.step()
+        flat.step(_toy_loss(flat_params, x), skip_nan_gradients=False)
+        flat.end_phase()
+    assert not torch.equal(reference[2], _toy_params(0)[2])  # the steps moved it
+    for a, b in zip(reference, flat_params):
+        assert torch.equal(a, b)
+    state_a, state_b = reference_adam.state_dict()["state"], flat_adam.state_dict()["state"]
+    for index in state_a:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
+
+
+@pytest.mark.parametrize("skip_nan_gradients", [False, True])
+def test_flat_adam_nan_gradients_zeroed_or_step_skipped(skip_nan_gradients):
+    params = _toy_params(1)
+    flat = FlatAdam(adam(params), params)
+    before = [p.detach().clone() for p in params]
+    flat.begin_phase()
+    # nan gradients for the head bias only; the others are finite.
+    loss = _toy_loss(params, torch.randn(8, 4)) + float("nan") * params[5].sum()
+    flat.step(loss, skip_nan_gradients)
+    after = [p.detach() for p in params]
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(b, a) for b, a in zip(before, after)) is not skip_nan_gradients
+
+
+class GeneralPathLearner(StaQTorchLearner):
+    """The learner with RLlib's general gradient path (no FlatAdam)."""
+
+    def _flat_adam(self, module_id):
+        return None
+
+
+def _trained_state(learner_class, expected_next_value):
+    config = tiny_config(expected_next_value=expected_next_value, target_network_update_freq=3)
+    algo = config.training(learner_class=learner_class).debugging(seed=5).build_algo()
+    try:
+        results = [algo.train() for _ in range(2)]
+        learner = algo.learner_group._learner
+        state = learner.module[MODULE_ID].unwrapped().state_dict()
+        optimizer_state = learner.get_optimizer(MODULE_ID).state_dict()["state"]
+        return state, optimizer_state, results[-1]["learners"][MODULE_ID]["td_loss"]
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize("expected_next_value", [False, True])
+def test_fast_path_trains_bit_identically_to_the_general_path(ray_session, expected_next_value):
+    fast = _trained_state(StaQTorchLearner, expected_next_value)
+    general = _trained_state(GeneralPathLearner, expected_next_value)
+    for key in fast[0]:
+        assert torch.equal(fast[0][key], general[0][key]), key
+    for index in general[1]:
+        for key, value in general[1][index].items():
+            assert torch.equal(fast[1][index][key], value), (index, key)
+    assert fast[2] == general[2]
+
+
+def test_phase_rows_give_the_per_minibatch_target(ray_session):
+    """Targets from the phase's per-row parts equal those computed from the minibatch."""
+    algo = tiny_config(expected_next_value=True).build_algo()
+    try:
+        learner = algo.learner_group._learner
+        module = learner.module[MODULE_ID].unwrapped()
+        module.logit_scale.fill_(0.7)
+        rewards, terminateds = torch.randn(50), (torch.rand(50) < 0.2).float()
+        sums = torch.randn(50, 2) * 3
+        rows = learner.target_rows(MODULE_ID, module, rewards, terminateds, sums, 0.3)
+        index = torch.randint(50, (17,))
+        next_obs = torch.randn(17, 4)
+        from_rows = learner._fqi_target_from_rows(MODULE_ID, module, next_obs, rows[index])
+        batch = {
+            Columns.REWARDS: rewards[index],
+            Columns.TERMINATEDS: terminateds[index],
+            Columns.NEXT_OBS: next_obs,
+            NEXT_STACK_SUM: sums[index],
+        }
+        assert torch.equal(from_rows, learner._fqi_target(MODULE_ID, module, batch, 0.3))
+    finally:
+        algo.stop()
+
+
+def test_mixed_precision_q_is_close_to_float32_and_keeps_the_head_float32(ray_session):
+    algo = tiny_config().build_algo()
+    try:
+        net = algo.learner_group._learner.module[MODULE_ID].unwrapped().q_nets[0]
+        with torch.no_grad():
+            for param in net.parameters():
+                param.normal_(0.0, 0.1)
+        obs = torch.randn(64, 4)
+        exact = net(obs)
+        mixed = mixed_precision_q(net, obs, torch.bfloat16)
+        assert mixed.dtype == torch.float32
+        error = (mixed - exact).abs().max() / exact.abs().max()
+        assert 0 < error < 2e-2  # bf16 rounding of the hidden features, not of the Q-values
+        assert torch.equal(mixed_precision_q(net, obs, torch.float32), exact)
+    finally:
+        algo.stop()
