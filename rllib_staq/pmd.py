@@ -183,33 +183,32 @@ def mixed_precision_stacked_forward(
     member_coeffs: Tensor,
     activation: Callable[[Tensor], Tensor],
 ) -> Tensor:
-    """:func:`stacked_forward` with the hidden layers in their weights' dtype.
+    """:func:`stacked_forward` with each hidden layer in its weights' dtype.
 
-    Same arguments and result as :func:`batched_stacked_forward`; the conv and
-    dense layers run in the dtype of their weights (e.g. bfloat16), while the
-    output layer (``head_weight`` float32), the PMD weights and the sum over
-    members run in float32, so the logits' error is the error of the hidden
-    features only, not a rounding of the (possibly large) logits themselves.
+    Same arguments and result (float32) as :func:`batched_stacked_forward`; each
+    conv and dense layer runs in the dtype of its weights (e.g. bfloat16 for the
+    large member-by-member layers, float32 for the first layer, which reads the
+    observation), while the output layer, the PMD weights and the sum over
+    members run in float32: the logits' error is that of the rounded hidden
+    features, not a rounding of the (large) logits themselves.
 
     Hidden features are feature-major, ``[S, H, B]`` (``W_s @ h_s``): for the
     small batches of acting, bf16 batched products are several times faster in
-    this layout on CPU than ``h_s @ W_s^T`` (benchmarks/throughput.py, part
-    ``stack-dtype``).
+    this layout on CPU than ``h_s @ W_s^T`` (benchmarks/stack_dtype.py).
     """
     batch = obs.shape[0]
     num_members = member_coeffs.shape[0]
-    dtype = (dense_layers[0][0] if dense_layers else conv_layers[0][0]).dtype
-    inputs = obs.to(dtype)
     hidden: Optional[Tensor] = None  # [S, H, B]
     if conv_layers:
-        hidden = stacked_conv_features(inputs, conv_layers, activation).transpose(1, 2)
+        hidden = stacked_conv_features(obs, conv_layers, activation).transpose(1, 2)
     for weight, bias in dense_layers:
         if hidden is None:
             # Shared input: one [S*H, D] x [D, B] product.
-            flat = torch.addmm(bias.reshape(-1, 1), weight.reshape(-1, weight.shape[2]), inputs.t())
+            flat_weight = weight.reshape(-1, weight.shape[2])
+            flat = torch.addmm(bias.reshape(-1, 1), flat_weight, obs.to(weight.dtype).t())
             hidden = flat.view(num_members, weight.shape[1], batch)
         else:
-            hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden.contiguous())
+            hidden = torch.baddbmm(bias.unsqueeze(-1), weight, hidden.to(weight.dtype))
         hidden = activation(hidden)
     if hidden is None:
         raise ValueError("A Q-network needs at least one hidden layer.")
@@ -264,6 +263,7 @@ def stacked_conv_features(
     num_members = conv_layers[0][0].shape[0]
     features = obs
     for index, (weight, bias, stride) in enumerate(conv_layers):
+        features = features.to(weight.dtype)  # layers may differ (mixed precision)
         out_channels = weight.shape[1]
         flat_weight = weight.reshape(num_members * out_channels, *weight.shape[2:])
         features = F.conv2d(

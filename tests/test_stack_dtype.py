@@ -28,8 +28,14 @@ def _random_stack(num_members, conv: bool, dtype=torch.float32, seed=0):
         (rand(num_members, 16, 16), rand(num_members, 16)),
     ]
     head = (rand(num_members, 3, 16), rand(num_members, 3))
-    cast = [(w.to(dtype), b.to(dtype), s) for w, b, s in convs]
-    return cast, [(w.to(dtype), b.to(dtype)) for w, b in dense], head, (convs, dense)
+    # As the module stores them: the first layer (it reads the obs) in float32.
+    cast_convs = [(w.to(dtype), b.to(dtype), s) for w, b, s in convs]
+    cast_dense = [(w.to(dtype), b.to(dtype)) for w, b in dense]
+    if convs:
+        cast_convs[0] = convs[0]
+    else:
+        cast_dense[0] = dense[0]
+    return cast_convs, cast_dense, head, (convs, dense)
 
 
 @pytest.mark.parametrize("conv", [False, True])
@@ -71,6 +77,7 @@ def test_only_the_envrunner_stack_is_bfloat16(ray_session):
         acting = algo.env_runner.module
         assert acting.low_precision_stack and not trained.low_precision_stack
         assert acting.stack_buffer("denses.1.weight").dtype == torch.bfloat16
+        assert acting.stack_buffer("denses.0.weight").dtype == torch.float32
         assert acting.stack_buffer("head.weight").dtype == torch.float32
         assert trained.stack_buffer("denses.1.weight").dtype == torch.float32
         # The synced bf16 stack is the learner's, rounded.

@@ -123,10 +123,14 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         # learner's stack feeds the cached next-state sums and the FQI targets.
         rows = self.stack_size * self.num_q_networks
         hidden_dtype = _STACK_DTYPES[config.get("stack_dtype", "float32")]
+        first_layer_name = self.param_names[0].rsplit(".", 1)[0]
         self.low_precision_stack = self.inference_only and hidden_dtype != torch.float32
         for name, param in template.named_parameters():
-            in_hidden_layer = not name.startswith("head.")
-            dtype = hidden_dtype if self.low_precision_stack and in_hidden_layer else None
+            # The first layer (it reads the observation; few weights) and the
+            # output layer stay float32: see pmd.mixed_precision_stacked_forward.
+            layer = name.rsplit(".", 1)[0]
+            reduced = layer.split(".")[0] in ("denses", "convs") and layer != first_layer_name
+            dtype = hidden_dtype if self.low_precision_stack and reduced else None
             self.register_buffer(
                 _stack_buffer_name(name), torch.zeros(rows, *param.shape, dtype=dtype)
             )
