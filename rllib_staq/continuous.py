@@ -91,7 +91,12 @@ def config_action_space(config) -> Optional[gym.Space]:
         from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
         _, creator = Algorithm._get_env_id_and_creator(config.env, config)
-        env = creator(EnvContext(copy.deepcopy(dict(config.env_config)), worker_index=0))
+        try:
+            env = creator(EnvContext(copy.deepcopy(dict(config.env_config)), worker_index=0))
+        except Exception:
+            # Unknown here: the env's own error surfaces where RLlib builds it
+            # (in the EnvRunners, and in a Tune trial as that trial's error).
+            return None
         try:
             multi = isinstance(env, MultiAgentEnv) or isinstance(
                 getattr(env, "unwrapped", None), MultiAgentEnv
