@@ -19,21 +19,13 @@ import logging
 from typing import Any, Dict, Tuple
 
 import torch
-from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
-    AddObservationsFromEpisodesToBatch,
-)
-from ray.rllib.connectors.learner.add_next_observations_from_episodes_to_train_batch import (  # noqa: E501
-    AddNextObservationsFromEpisodesToTrainBatch,
-)
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.utils import update_target_network
 from ray.rllib.utils.annotations import override
-from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
-from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.typing import ModuleID
 
-from rllib_staq import pmd, threads
+from rllib_staq import pmd
 from rllib_staq.replay import TransitionTable
 from rllib_staq.staq_learner import (
     ALPHA_KEY,
@@ -60,7 +52,7 @@ from rllib_staq.staq_learner import (
     TD_LOSS_KEY,
 )
 from rllib_staq.torch.continuous_staq_torch_rl_module import QF_PREDS
-from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, REPLAY_STATE_KEY, adam
+from rllib_staq.torch.staq_torch_learner import FQI_TARGETS, StaQTorchLearnerBase, adam
 
 logger = logging.getLogger(__name__)
 
@@ -74,24 +66,7 @@ ACTOR_LOSS_AFTER_KEY = "actor_loss_after_fit"
 ACTOR_LOSS_MEAN_KEY = "actor_loss"
 
 
-class ContinuousStaQTorchLearner(TorchLearner):
-    @override(TorchLearner)
-    def build(self) -> None:
-        threads.apply_intra_op_threads(self.config.intra_op_threads)
-        super().build()
-        self.module.foreach_module(lambda mid, mod: mod.make_target_networks())
-        self._learner_connector.insert_after(
-            AddObservationsFromEpisodesToBatch,
-            AddNextObservationsFromEpisodesToTrainBatch(),
-        )
-        self._tables: Dict[ModuleID, TransitionTable] = {}
-        self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
-        self._current_entropy_coeff: Dict[ModuleID, float] = {}
-        self._current_env_steps = 0
-        seed = self.config.seed if self.config.seed is not None else 0
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
-
+class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id: ModuleID, config=None) -> None:
         """Two Adams, as SAC's learner: the critics (``lr``) and the actor (``actor_lr``)."""
@@ -113,38 +88,14 @@ class ContinuousStaQTorchLearner(TorchLearner):
             lr_or_lr_schedule=config.actor_lr,
         )
 
-    def _module_config(self, module_id: ModuleID):
-        return self.config.get_config_for_module(module_id)
-
-    def _unwrapped(self, module_id: ModuleID):
-        return self.module[module_id].unwrapped()
-
-    def _table(self, module_id: ModuleID) -> TransitionTable:
-        if module_id not in self._tables:
-            capacity = self._module_config(module_id).replay_capacity_per_learner
-            self._tables[module_id] = TransitionTable(capacity, device=self.device)
-        return self._tables[module_id]
-
-    def entropy_coeff(self, module_id: ModuleID) -> float:
-        """tau of the current iteration (divided by d ln 2 if configured)."""
-        return self._current_entropy_coeff[module_id]
-
-    @override(TorchLearner)
-    def before_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
-        super().before_gradient_based_update(timesteps=timesteps)
-        env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0
-        self._current_env_steps = env_steps
-        for module_id in self.module.keys():
-            config = self._module_config(module_id)
-            if module_id not in self._entropy_schedules:
-                self._entropy_schedules[module_id] = Scheduler(config.entropy_coeff)
-            schedule = self._entropy_schedules[module_id]
-            raw = schedule.update(env_steps) if schedule.use_schedule else config.entropy_coeff
-            self._current_entropy_coeff[module_id] = pmd.scaled_box_entropy_coeff(
-                float(raw),
-                self._unwrapped(module_id).action_dim,
-                config.scale_entropy_by_log_actions,
-            )
+    @override(StaQTorchLearnerBase)
+    def scaled_entropy_coeff(self, entropy_coeff: float, module_id: ModuleID) -> float:
+        """tau, divided by d ln 2 (the entropy of pi_0 on [-1, 1]^d) if configured."""
+        return pmd.scaled_box_entropy_coeff(
+            entropy_coeff,
+            self._unwrapped(module_id).action_dim,
+            self._module_config(module_id).scale_entropy_by_log_actions,
+        )
 
     # ------------------------------------------------------------------ #
     # One StaQ iteration.
@@ -328,25 +279,3 @@ class ContinuousStaQTorchLearner(TorchLearner):
         log((module_id, ENTROPY_COEFF_KEY), self.entropy_coeff(module_id), window=1)
         log((module_id, EPSILON_KEY), module.current_epsilon(self._current_env_steps), window=1)
         log((module_id, REPLAY_SIZE_KEY), table.size, window=1)
-
-    def _wait_for_device(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    # ------------------------------------------------------------------ #
-    # Checkpointing of the transition tables (as the discrete learner).
-    # ------------------------------------------------------------------ #
-    @override(TorchLearner)
-    def get_state(self, *args, **kwargs):
-        state = super().get_state(*args, **kwargs)
-        if self.config.store_buffer_in_checkpoints:
-            state[REPLAY_STATE_KEY] = {
-                mid: table.get_state() for mid, table in self._tables.items()
-            }
-        return state
-
-    @override(TorchLearner)
-    def set_state(self, state) -> None:
-        super().set_state(state)
-        for module_id, table_state in state.get(REPLAY_STATE_KEY, {}).items():
-            self._table(module_id).set_state(table_state)

@@ -74,7 +74,15 @@ REPLAY_STATE_KEY = "staq_transition_tables"
 FQI_TARGETS = "fqi_targets"
 
 
-class StaQTorchLearner(TorchLearner):
+class StaQTorchLearnerBase(TorchLearner):
+    """What both StaQ learners (discrete and Box actions) share.
+
+    The transition tables (one per module, checkpointed with
+    ``store_buffer_in_checkpoints``), the tau schedule per module, the learner's
+    random generator and RLlib's next-observation connector. Subclasses say how
+    tau is scaled (:meth:`scaled_entropy_coeff`).
+    """
+
     @override(TorchLearner)
     def build(self) -> None:
         # A remote Learner is its own process (Ray sets its OMP_NUM_THREADS).
@@ -85,17 +93,85 @@ class StaQTorchLearner(TorchLearner):
             AddObservationsFromEpisodesToBatch,
             AddNextObservationsFromEpisodesToTrainBatch(),
         )
+        self._tables: Dict[ModuleID, TransitionTable] = {}
+        self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
+        self._current_entropy_coeff: Dict[ModuleID, float] = {}
+        self._current_env_steps = 0
+        seed = self.config.seed if self.config.seed is not None else 0
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
+
+    # ------------------------------------------------------------------ #
+    # Per-module helpers.
+    # ------------------------------------------------------------------ #
+    def _module_config(self, module_id: ModuleID):
+        return self.config.get_config_for_module(module_id)
+
+    def _unwrapped(self, module_id: ModuleID):
+        return self.module[module_id].unwrapped()
+
+    def _table(self, module_id: ModuleID) -> TransitionTable:
+        if module_id not in self._tables:
+            capacity = self._module_config(module_id).replay_capacity_per_learner
+            self._tables[module_id] = TransitionTable(capacity, device=self.device)
+        return self._tables[module_id]
+
+    def entropy_coeff(self, module_id: ModuleID) -> float:
+        """tau of the current iteration (scaled as :meth:`scaled_entropy_coeff` says)."""
+        return self._current_entropy_coeff[module_id]
+
+    def scaled_entropy_coeff(self, entropy_coeff: float, module_id: ModuleID) -> float:
+        """tau as the learner uses it, from the config's (scheduled) value."""
+        raise NotImplementedError
+
+    @override(TorchLearner)
+    def before_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0
+        self._current_env_steps = env_steps
+        for module_id in self.module.keys():
+            config = self._module_config(module_id)
+            if module_id not in self._entropy_schedules:
+                self._entropy_schedules[module_id] = Scheduler(config.entropy_coeff)
+            schedule = self._entropy_schedules[module_id]
+            raw = schedule.update(env_steps) if schedule.use_schedule else config.entropy_coeff
+            self._current_entropy_coeff[module_id] = self.scaled_entropy_coeff(
+                float(raw), module_id
+            )
+
+    def _wait_for_device(self) -> None:
+        """Lets the per-phase timers measure GPU work, not just its launch."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ #
+    # Checkpointing of the transition tables.
+    # ------------------------------------------------------------------ #
+    @override(TorchLearner)
+    def get_state(self, *args, **kwargs):
+        state = super().get_state(*args, **kwargs)
+        if self.config.store_buffer_in_checkpoints:
+            state[REPLAY_STATE_KEY] = {
+                mid: table.get_state() for mid, table in self._tables.items()
+            }
+        return state
+
+    @override(TorchLearner)
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for module_id, table_state in state.get(REPLAY_STATE_KEY, {}).items():
+            self._table(module_id).set_state(table_state)
+
+
+class StaQTorchLearner(StaQTorchLearnerBase):
+    @override(StaQTorchLearnerBase)
+    def build(self) -> None:
+        super().build()
         self._learner_connector.insert_after(
             AddNextObservationsFromEpisodesToTrainBatch,
             AddNextStackSumsFromEpisodesToTrainBatch(),
         )
-        self._tables: Dict[ModuleID, TransitionTable] = {}
-        self._entropy_schedules: Dict[ModuleID, Scheduler] = {}
-        self._current_entropy_coeff: Dict[ModuleID, float] = {}
         self._flat_adams: Dict[ModuleID, FlatAdam] = {}
-        seed = self.config.seed if self.config.seed is not None else 0
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id: ModuleID, config=None) -> None:
@@ -116,41 +192,14 @@ class StaQTorchLearner(TorchLearner):
             lr_or_lr_schedule=config.lr,
         )
 
-    # ------------------------------------------------------------------ #
-    # Per-module helpers.
-    # ------------------------------------------------------------------ #
-    def _module_config(self, module_id: ModuleID):
-        return self.config.get_config_for_module(module_id)
-
-    def _unwrapped(self, module_id: ModuleID):
-        return self.module[module_id].unwrapped()
-
-    def _table(self, module_id: ModuleID) -> TransitionTable:
-        if module_id not in self._tables:
-            capacity = self._module_config(module_id).replay_capacity_per_learner
-            self._tables[module_id] = TransitionTable(capacity, device=self.device)
-        return self._tables[module_id]
-
-    def entropy_coeff(self, module_id: ModuleID) -> float:
-        """tau of the current iteration (scaled by 1/ln|A| if configured)."""
-        return self._current_entropy_coeff[module_id]
-
-    @override(TorchLearner)
-    def before_gradient_based_update(self, *, timesteps: Dict[str, Any]) -> None:
-        super().before_gradient_based_update(timesteps=timesteps)
-        env_steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0) or 0
-        for module_id in self.module.keys():
-            config = self._module_config(module_id)
-            if module_id not in self._entropy_schedules:
-                self._entropy_schedules[module_id] = Scheduler(config.entropy_coeff)
-            schedule = self._entropy_schedules[module_id]
-            raw = schedule.update(env_steps) if schedule.use_schedule else config.entropy_coeff
-            self._current_entropy_coeff[module_id] = pmd.scaled_entropy_coeff(
-                float(raw),
-                self._unwrapped(module_id).num_actions,
-                config.scale_entropy_by_log_actions,
-            )
-            self._current_env_steps = env_steps
+    @override(StaQTorchLearnerBase)
+    def scaled_entropy_coeff(self, entropy_coeff: float, module_id: ModuleID) -> float:
+        """tau, divided by ln|A| if configured (official code)."""
+        return pmd.scaled_entropy_coeff(
+            entropy_coeff,
+            self._unwrapped(module_id).num_actions,
+            self._module_config(module_id).scale_entropy_by_log_actions,
+        )
 
     # ------------------------------------------------------------------ #
     # One StaQ iteration (called once per `update()`).
@@ -509,11 +558,6 @@ class StaQTorchLearner(TorchLearner):
                 self._push_and_log(module_id)
                 self._wait_for_device()
 
-    def _wait_for_device(self) -> None:
-        """Lets the per-phase timers measure GPU work, not just its launch."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @torch.no_grad()
     def _push_and_log(self, module_id: ModuleID) -> None:
         config = self._module_config(module_id)
@@ -571,24 +615,6 @@ class StaQTorchLearner(TorchLearner):
         module.push_onto_stack(alpha, beta, correction)
         for rows in chunks:
             sums[rows] = beta * sums[rows] + module.slot_member_sum(next_obs[rows], slot)
-
-    # ------------------------------------------------------------------ #
-    # Checkpointing of the transition tables.
-    # ------------------------------------------------------------------ #
-    @override(TorchLearner)
-    def get_state(self, *args, **kwargs):
-        state = super().get_state(*args, **kwargs)
-        if self.config.store_buffer_in_checkpoints:
-            state[REPLAY_STATE_KEY] = {
-                mid: table.get_state() for mid, table in self._tables.items()
-            }
-        return state
-
-    @override(TorchLearner)
-    def set_state(self, state) -> None:
-        super().set_state(state)
-        for module_id, table_state in state.get(REPLAY_STATE_KEY, {}).items():
-            self._table(module_id).set_state(table_state)
 
 
 def _transition_columns(
