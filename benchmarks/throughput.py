@@ -583,9 +583,7 @@ def staq_equal_config(args, num_envs: int, variant: str):
     config = staq_config(args, 1, steps, steps, num_envs).training(
         num_q_networks=1, target_network_update_freq=200
     )
-    for name, value in SB3_STAQ_VARIANTS[variant].items():
-        setattr(config, name, value)
-    return config.debugging(seed=0)
+    return config.training(**SB3_STAQ_VARIANTS[variant]).debugging(seed=0)
 
 
 def _staq_segment(algo, seconds: float) -> Dict[str, float]:

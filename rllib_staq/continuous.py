@@ -41,6 +41,7 @@ DISCRETE_ONLY_REASONS: Dict[str, Tuple[Any, str]] = {
         "float32",
         "the Box path's EnvRunners hold only the actor, no acting stack",
     ),
+    "fqi_matmul_dtype": ("float32", "the Box critics' FQI has no bf16 autocast path"),
 }
 
 _SPACE_CACHE: Dict[Tuple[str, str], gym.Space] = {}

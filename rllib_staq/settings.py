@@ -37,6 +37,8 @@ ALGORITHM_WIDE_SETTINGS = (
 MODULE_SETTINGS = ("stack_size", "num_q_networks", "epsilon", "stack_dtype")
 # Storage of the acting stack on EnvRunners (the learner's stack stays float32).
 STACK_DTYPES = ("float32", "bfloat16")
+# Matrix products of the discrete FQI passes (experimental bf16 autocast).
+FQI_MATMUL_DTYPES = ("float32", "bfloat16")
 
 
 def _is_number(value: Any) -> bool:
@@ -115,6 +117,7 @@ SETTING_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "actor_lr": _POSITIVE,
     "actor_steps_per_iteration": _INT_AT_LEAST_ONE,
     "stack_dtype": (lambda v: v in STACK_DTYPES, f"one of {STACK_DTYPES}"),
+    "fqi_matmul_dtype": (lambda v: v in FQI_MATMUL_DTYPES, f"one of {FQI_MATMUL_DTYPES}"),
 }
 
 

@@ -117,6 +117,9 @@ class StaQConfig(AlgorithmConfig):
         # The EnvRunners' copy of the stack (acting only); "bfloat16" halves the
         # bytes read per env step (README, Performance: "Acting stack dtype").
         self.stack_dtype = "float32"
+        # Experimental: the FQI passes' hidden-to-hidden layers under bf16
+        # autocast (README, Performance: "Against Stable-Baselines3's DQN").
+        self.fqi_matmul_dtype = "float32"
         # __sphinx_doc_end__
         # fmt: on
         # The stack is in buffers; never broadcast it at every DDP forward.
@@ -152,6 +155,7 @@ class StaQConfig(AlgorithmConfig):
         actor_lr: Optional[float] = NotProvided,
         actor_steps_per_iteration: Optional[int] = NotProvided,
         stack_dtype: Optional[str] = NotProvided,
+        fqi_matmul_dtype: Optional[str] = NotProvided,
         **kwargs,
     ) -> "StaQConfig":
         """Sets StaQ's training settings (see the README's config table).
@@ -191,6 +195,9 @@ class StaQConfig(AlgorithmConfig):
                 "bfloat16" (hidden layers in bf16, output layer and member sum in
                 float32). The learner's stack, its cached next-state sums and the
                 FQI targets stay float32 either way.
+            fqi_matmul_dtype: Experimental. "float32", or "bfloat16": the FQI
+                training and target passes run their hidden-to-hidden layers
+                under bf16 autocast (first layer and head float32).
         """
         super().training(**kwargs)
         settings = dict(
@@ -214,6 +221,7 @@ class StaQConfig(AlgorithmConfig):
             actor_lr=actor_lr,
             actor_steps_per_iteration=actor_steps_per_iteration,
             stack_dtype=stack_dtype,
+            fqi_matmul_dtype=fqi_matmul_dtype,
         )
         for name, value in settings.items():
             if value is not NotProvided:

@@ -45,6 +45,7 @@ NON_DEFAULTS = {
     "exact_refresh_interval": 11,
     "intra_op_threads": 1,
     "stack_dtype": "bfloat16",
+    "fqi_matmul_dtype": "bfloat16",
     # Box action spaces only (refused for CartPole: the build test leaves them out).
     "actor_lr": 1e-3,
     "actor_steps_per_iteration": 7,

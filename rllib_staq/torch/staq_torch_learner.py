@@ -434,7 +434,7 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         module = self._unwrapped(module_id)
         forward_train = self._fqi_forward_train(module_id)
         # Not yet a StaQConfig setting (measured option, see the README's Performance).
-        dtype = getattr(self._module_config(module_id), "fqi_matmul_dtype", "float32")
+        dtype = self._module_config(module_id).fqi_matmul_dtype
         if dtype == "float32" or self.module[module_id] is not module:
             return forward_train, module.forward_target
         dtype = getattr(torch, dtype)
