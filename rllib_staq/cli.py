@@ -26,7 +26,7 @@ from ray.rllib.utils.metrics import (
 )
 from ray.tune.result import TRAINING_ITERATION
 
-from rllib_staq.evaluation import greedy_episode_returns
+from rllib_staq.evaluation import greedy_episode_returns, greedy_multi_agent_episode_returns
 from rllib_staq.progress import STOP_INTERRUPTED, Budget, TrainingOutcome, train_with_progress
 from rllib_staq.run_folder import RunFolder
 from rllib_staq.staq import StaQ, StaQConfig
@@ -231,7 +231,10 @@ def run_without_tune(config: StaQConfig, args: argparse.Namespace, print_fn=prin
     import ray
 
     budget = budget_from_args(args)
-    run_folder = RunFolder(args.run_dir or default_run_dir(config, args.seed))
+    run_folder = RunFolder(
+        args.run_dir or default_run_dir(config, args.seed),
+        policy_ids=config.policies if config.is_multi_agent else (),
+    )
     print_fn(
         f"StaQ on {config.env}, seed {args.seed}: up to {budget.stop_timesteps} env steps or "
         f"{budget.stop_iters} iterations, stopping early once a greedy evaluation reaches "
@@ -284,7 +287,14 @@ def final_greedy_evaluation(algo: StaQ, num_episodes: int, seed: int) -> List[fl
     env = algo.env_creator(dict(algo.config.env_config))
     try:
         first_seed = FINAL_EVAL_FIRST_SEED + 1000 * seed
-        return greedy_episode_returns(algo.get_module(), env, num_episodes, first_seed)
+        if not algo.config.is_multi_agent:
+            return greedy_episode_returns(algo.get_module(), env, num_episodes, first_seed)
+        modules = {module_id: algo.get_module(module_id) for module_id in algo.config.policies}
+        # RLlib's mapping functions take (agent_id, episode); the examples' ignore the episode.
+        mapping_fn = algo.config.policy_mapping_fn
+        return greedy_multi_agent_episode_returns(
+            modules, lambda agent_id: mapping_fn(agent_id, None), env, num_episodes, first_seed
+        )
     finally:
         env.close()
 

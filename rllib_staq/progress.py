@@ -16,6 +16,7 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.core import ALL_MODULES
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
+    EPISODE_MODULE_RETURN_MEAN,
     EPISODE_RETURN_MEAN,
     EVALUATION_RESULTS,
     LEARNER_RESULTS,
@@ -89,15 +90,20 @@ class IterationRecord:
     policy_entropy: float
     kl_pi_k_pi_k_plus_1: float
     stack_fill: int
+    # Multi-agent only: each policy's greedy return (its agents' sum), when evaluated.
+    # Not a CSV column of its own: RunFolder writes one column per policy.
+    policy_greedy_returns: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_result(
         cls, algo: Algorithm, result: Dict[str, Any], time_s: float, env_steps_per_s: float
     ) -> "IterationRecord":
         learner = policies_mean(result)
-        greedy = NAN
+        greedy, policy_greedy = NAN, {}
         if evaluated_this_iteration(algo, result):
             greedy = metric_at(result, EVALUATION_RESULTS, ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN)
+            if algo.config.is_multi_agent:
+                policy_greedy = policy_returns(result[EVALUATION_RESULTS])
         return cls(
             iteration=int(result["training_iteration"]),
             env_steps=int(
@@ -112,7 +118,18 @@ class IterationRecord:
             policy_entropy=metric_at(learner, POLICY_ENTROPY_KEY),
             kl_pi_k_pi_k_plus_1=metric_at(learner, KL_NEW_OLD_KEY),
             stack_fill=int(metric_at(learner, STACK_FILL_KEY, default=0)),
+            policy_greedy_returns=policy_greedy,
         )
+
+
+def policy_returns(results: Dict[str, Any]) -> Dict[str, float]:
+    """``{policy: mean episode return of its agents}`` from RLlib's per-module metric."""
+    per_module = metric_at(results, ENV_RUNNER_RESULTS, EPISODE_MODULE_RETURN_MEAN, default={})
+    return {str(module_id): float(value) for module_id, value in sorted(per_module.items())}
+
+
+def format_policy_returns(returns: Dict[str, float]) -> str:
+    return ", ".join(f"{module_id} {value:.2f}" for module_id, value in returns.items())
 
 
 def policies_mean(result: Dict[str, Any]) -> Dict[str, float]:
@@ -169,7 +186,9 @@ def legend(algo: Algorithm) -> str:
             f"  TD loss: on rewards x {algo.config.reward_scale} (reward_scale); it grows while "
             "the Q-values rise towards their fixed point, then falls",
             "  H(pi): policy entropy (nats); KL: KL(pi_k || pi_k+1); stack: Q-networks per member",
-            "  (with several policies: TD loss, H(pi) and KL are their mean, stack the smallest)",
+            "  (with several policies: returns are the sum over agents, TD loss, H(pi) and KL "
+            "the policies' mean, stack the smallest; each evaluation adds a line with every "
+            "policy's greedy return, the sum over its agents)",
         )
     )
 
@@ -254,6 +273,9 @@ def train_with_progress(
         if verbose:
             eta = eta_seconds(outcome.fraction_done, now - start)
             print_fn(progress_line(record, outcome.fraction_done, eta, latest_greedy))
+            if record.policy_greedy_returns:
+                per_policy = format_policy_returns(record.policy_greedy_returns)
+                print_fn(f"  greedy return per policy: {per_policy}")
         reached = budget.stop_reward is not None and record.greedy_return >= budget.stop_reward
         if reached:
             outcome.stop_reason = STOP_REWARD

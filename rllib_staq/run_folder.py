@@ -15,7 +15,7 @@ import csv
 import dataclasses
 import math
 import os
-from typing import List
+from typing import List, Sequence
 
 from rllib_staq.progress import IterationRecord
 
@@ -25,14 +25,30 @@ FINAL_CHECKPOINT = "checkpoint"
 RLLIB_LOGS = "rllib"
 
 
+# IterationRecord's field that becomes one CSV column per policy.
+PER_POLICY_FIELD = "policy_greedy_returns"
+
+
+def policy_column(policy_id: str) -> str:
+    return f"greedy_return/{policy_id}"
+
+
 class RunFolder:
-    def __init__(self, path: str):
+    """``policy_ids``: a multi-agent run's policies, one greedy-return column each."""
+
+    def __init__(self, path: str, policy_ids: Sequence[str] = ()):
         self.path = os.path.abspath(path)
         os.makedirs(self.path, exist_ok=True)
         self.records: List[IterationRecord] = []
-        self._fields = [field.name for field in dataclasses.fields(IterationRecord)]
+        self.policy_ids = sorted(str(policy_id) for policy_id in policy_ids)
+        self._fields = [
+            field.name
+            for field in dataclasses.fields(IterationRecord)
+            if field.name != PER_POLICY_FIELD
+        ]
         with open(self.csv_path, "w", newline="") as csv_file:
-            csv.writer(csv_file).writerow(self._fields)
+            columns = self._fields + [policy_column(p) for p in self.policy_ids]
+            csv.writer(csv_file).writerow(columns)
 
     @property
     def csv_path(self) -> str:
@@ -56,7 +72,8 @@ class RunFolder:
     def record(self, record: IterationRecord) -> None:
         """Appends one row (flushed at once, so an interrupted run keeps its rows)."""
         self.records.append(record)
-        row = dataclasses.astuple(record)
+        row = [getattr(record, name) for name in self._fields]
+        row += [record.policy_greedy_returns.get(p, math.nan) for p in self.policy_ids]
         with open(self.csv_path, "a", newline="") as csv_file:
             csv.writer(csv_file).writerow(["" if _is_nan(v) else v for v in row])
 
@@ -79,7 +96,18 @@ class RunFolder:
             label="training return (epsilon-softmax)",
         )
         if greedy:
-            returns_ax.plot(*zip(*greedy), "o-", label="greedy return (evaluation)")
+            label = "greedy return (evaluation)"
+            if self.policy_ids:
+                label = "greedy return, sum over agents (evaluation)"
+            returns_ax.plot(*zip(*greedy), "o-", label=label)
+        for policy_id in self.policy_ids:
+            policy_greedy = [
+                (r.env_steps, r.policy_greedy_returns[policy_id])
+                for r in self.records
+                if policy_id in r.policy_greedy_returns
+            ]
+            if policy_greedy:
+                returns_ax.plot(*zip(*policy_greedy), ".--", label=f"greedy return, {policy_id}")
         returns_ax.set_xlabel("env steps")
         returns_ax.set_ylabel("episode return")
         returns_ax.legend()
