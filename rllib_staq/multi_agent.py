@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import gymnasium as gym
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 from ray.rllib.utils.typing import AgentID, ModuleID
 
@@ -35,6 +36,30 @@ def agent_action_spaces(env: Any) -> Iterator[Tuple[Optional[AgentID], gym.Space
             yield agent_id, multi_agent_env.get_action_space(agent_id)
     else:
         yield None, env.action_space
+
+
+def declared_action_spaces(config) -> Iterator[Tuple[Optional[str], gym.Space]]:
+    """``(whose, space)`` for each action space the user gave the config itself.
+
+    ``.environment(action_space=...)`` (for a multi-agent config: a Dict over agents,
+    as PettingZoo wrappers report) and the ``action_space`` of a module in a
+    user's ``MultiRLModuleSpec``. ``whose`` names the agent or module (None: the
+    single-agent space).
+    """
+    space = config.action_space
+    if space is not None:
+        if config.is_multi_agent and isinstance(space, gym.spaces.Dict):
+            for agent_id, agent_space in space.spaces.items():
+                yield f"Agent {agent_id!r}", agent_space
+        else:
+            yield None, space
+    spec = config._rl_module_spec
+    if isinstance(spec, MultiRLModuleSpec):
+        for module_id, module_spec in spec.rl_module_specs.items():
+            if module_spec.action_space is not None:
+                yield f"Module {module_id!r}", module_spec.action_space
+    elif isinstance(spec, RLModuleSpec) and spec.action_space is not None:
+        yield None, spec.action_space
 
 
 def explicit_module_model_config(config, module_id: ModuleID) -> Dict[str, Any]:

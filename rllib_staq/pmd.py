@@ -293,6 +293,33 @@ def categorical_kl(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def truncation_kl(logit_scale: float, stack_sums: Tensor, oldest_term: Tensor) -> Tensor:
+    """KL(pi_k || pi_k without its oldest member), per state: ``[N, A] x 2 -> [N]``.
+
+    ``stack_sums``: the unscaled stack sum ``sum_i d_i Q_i(s)`` (Eq. 7 without
+    ``c * alpha``); ``oldest_term``: the oldest member's part of it,
+    ``d_oldest Q_oldest(s)``. Both policies use pi_k's scale, so the KL measures
+    only what the truncation to M members drops at the next push (large values:
+    M is too small for this beta).
+    """
+    return categorical_kl(logit_scale * stack_sums, logit_scale * (stack_sums - oldest_term))
+
+
+def soft_q_magnitude_bound(
+    max_abs_scaled_reward: float, gamma: float, entropy_coeff: float, num_actions: int
+) -> float:
+    """Bound on |Q| at the fixed point of the soft target (Eq. 8).
+
+    With ``|rs * r| <= R`` and ``0 <= H(pi) <= ln|A|``, a target
+    ``y = rs*r + gamma*(Qbar + tau*H)`` of a Q bounded by ``Q*`` is bounded by
+    ``R + gamma*(Q* + tau*ln|A|)``, whose fixed point is
+    ``(R + gamma * tau * ln|A|) / (1 - gamma)``. ``entropy_coeff`` is tau as it
+    multiplies H in the target (scaled by 1/ln|A| where configured).
+    A fitted Q above it is over-estimation (or divergence), not signal.
+    """
+    return (max_abs_scaled_reward + gamma * entropy_coeff * math.log(num_actions)) / (1.0 - gamma)
+
+
 def epsilon_softmax_probs(logits: Tensor, epsilon: float) -> Tensor:
     """``(1-eps) * softmax(logits) + eps/|A|`` (the behaviour policy): ``[..., A]``."""
     num_actions = logits.shape[-1]

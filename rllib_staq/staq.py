@@ -42,6 +42,7 @@ from ray.rllib.utils.typing import LearningRateOrSchedule
 from rllib_staq import continuous, threads
 from rllib_staq.multi_agent import (
     agent_action_spaces,
+    declared_action_spaces,
     module_model_config,
     module_setting_conflicts,
 )
@@ -295,8 +296,12 @@ class StaQConfig(AlgorithmConfig):
                 f"<= the replay capacity per learner ({self.replay_capacity_per_learner})",
                 self.train_batch_size_per_learner,
             )
-        if self.action_space is not None:
-            validate_action_space(self.action_space)
+        for whose, action_space in declared_action_spaces(self):
+            try:
+                # Box actions are single-agent (continuous.setting_conflicts says why).
+                validate_action_space(action_space, allow_box=whose is None)
+            except ValueError as error:
+                raise ValueError(f"{whose}: {error}" if whose else str(error)) from None
         for message in continuous.setting_conflicts(self, continuous.uses_box_path(self)):
             self._value_error(message)
 

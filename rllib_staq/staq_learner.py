@@ -14,6 +14,11 @@ TD_LOSS_KEY = "td_loss"
 MEAN_Q_KEY = "mean_q"
 POLICY_ENTROPY_KEY = "policy_entropy"
 KL_NEW_OLD_KEY = "kl_pi_k_pi_k_plus_1"
+# KL(pi_k || pi_k without its oldest member), logged at pushes that evict.
+TRUNCATION_KL_KEY = "kl_truncation"
+# max |Q(s, a)| of the trainable ensemble over the phase, and its bound.
+MAX_ABS_Q_KEY = "max_abs_q"
+MAX_ABS_Q_BOUND_KEY = "max_abs_q_bound"
 STACK_FILL_KEY = "stack_fill"
 NUM_PUSHES_KEY = "num_pushes"
 ALPHA_KEY = "pmd_alpha"

@@ -278,3 +278,76 @@ def test_adam_falls_back_to_default_where_torch_has_no_fused_kernel(monkeypatch)
     optimizer = adam([torch.zeros(3, requires_grad=True)])
     assert isinstance(optimizer, original_adam)
     assert not optimizer.param_groups[0]["fused"]
+
+
+# --- Diagnostics: max |Q| against its bound, and what the truncation to M drops -----------
+
+
+def test_soft_q_bound_is_the_fixed_point_of_the_worst_case_target():
+    """One state, reward R at every step, the uniform policy (H = ln|A|): the soft
+    Bellman iteration converges to the bound exactly; reward -R stays inside it."""
+    reward, gamma, tau, num_actions = 2.0, 0.9, 0.5, 4
+    bound = pmd.soft_q_magnitude_bound(reward, gamma, tau, num_actions)
+    for sign in (1.0, -1.0):
+        q = 0.0
+        for _ in range(2000):
+            q = sign * reward + gamma * (q + tau * math.log(num_actions))
+        if sign > 0:
+            assert q == pytest.approx(bound, rel=1e-9)
+        else:
+            assert abs(q) < bound
+
+
+def test_truncation_kl_of_a_zero_oldest_member_is_zero_and_matches_the_explicit_stacks():
+    generator = torch.Generator().manual_seed(0)
+    sums = torch.randn(5, 3, generator=generator)
+    oldest = torch.randn(5, 3, generator=generator)
+    torch.testing.assert_close(pmd.truncation_kl(0.7, sums, torch.zeros(5, 3)), torch.zeros(5))
+    expected = pmd.categorical_kl(0.7 * sums, 0.7 * (sums - oldest))
+    torch.testing.assert_close(pmd.truncation_kl(0.7, sums, oldest), expected)
+    assert (expected > 0).all()
+
+
+def test_push_reports_the_kl_of_dropping_the_oldest_member(ray_session):
+    # A fast fit and a small tau: members far from uniform, so the KL is clearly > 0.
+    settings = dict(lr=1e-2, grad_steps_per_iteration=50, entropy_coeff=0.1, kl_coeff=1.0)
+    algo = tiny_config(stack_size=2, exact_refresh_interval=1000, **settings).build_algo()
+    try:
+        first = algo.train()["learners"][MODULE_ID]
+        assert "kl_truncation" not in first  # 1 of 2 slots: nothing is evicted yet
+        algo.train()  # the stack is full now
+        learner = _learner(algo)
+        module = learner.module[MODULE_ID].unwrapped()
+        table = learner._tables[MODULE_ID]
+        next_obs = table.filled(Columns.NEXT_OBS)
+        oldest = int(module.num_pushes) % module.stack_size
+        newest = 1 - oldest
+        with torch.no_grad():
+            # pi_k by an independent full-stack forward, and pi_k without its oldest member.
+            full = module.stack_logits(next_obs)
+            without_oldest = module.logit_scale * (
+                module.slot_decay[newest] * module.slot_member_sum(next_obs, newest)
+            )
+            expected = pmd.categorical_kl(full, without_oldest).mean().item()
+        assert expected > 1e-4
+        config = algo.config
+        tau = learner.entropy_coeff(MODULE_ID)
+        alpha, beta = pmd.pmd_step_sizes(config.kl_coeff, tau)
+        correction = pmd.weight_correction(beta, module.stack_size, config.weight_correction)
+        reported = learner._push_with_cache_update(module, table, alpha, beta, correction)
+        assert reported == pytest.approx(expected, rel=1e-4)
+        # Through the metrics of a training iteration too.
+        assert algo.train()["learners"][MODULE_ID]["kl_truncation"] > 0
+    finally:
+        algo.stop()
+
+
+def test_max_abs_q_is_reported_beside_its_closed_form_bound(ray_session):
+    # CartPole: reward 1 at every step, |A| = 2, tau scaled by 1/ln 2 (the default).
+    algo = tiny_config(entropy_coeff=0.5, reward_scale=3.0, gamma=0.9).build_algo()
+    try:
+        metrics = algo.train()["learners"][MODULE_ID]
+        assert metrics["max_abs_q_bound"] == pytest.approx((3.0 * 1.0 + 0.9 * 0.5) / (1 - 0.9))
+        assert metrics["max_abs_q"] >= abs(metrics["mean_q"]) > 0
+    finally:
+        algo.stop()

@@ -13,10 +13,12 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from rllib_staq import cli
 
 from conftest import parse_example_flags as parse
-from conftest import tiny_evaluated_config
+from conftest import tiny_config, tiny_evaluated_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,3 +122,38 @@ def test_ctrl_c_stops_cleanly_with_a_summary_a_checkpoint_and_exit_status_130(tm
     assert "Stopped: interrupted" in output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     assert (run_dir / "checkpoint").is_dir() and (run_dir / "progress.csv").is_file()
+
+
+def policy_per_agent(agent_id, episode, **kwargs):
+    return f"p{agent_id}"
+
+
+def test_no_tune_multi_agent_run_reports_each_policy(tmp_path, monkeypatch):
+    import ray.tune.trainable.trainable as trainable_module
+    from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
+
+    monkeypatch.setattr(trainable_module, "DEFAULT_STORAGE_PATH", str(tmp_path / "ray_results"))
+    run_dir = tmp_path / "run"
+    args = parse(
+        "--no-tune", "--stop-iters", "2", "--run-dir", str(run_dir),
+        "--final-eval-episodes", "2", "--num-cpus", "2",
+    )  # fmt: skip
+    config = (
+        tiny_config()
+        .environment(MultiAgentCartPole, env_config={"num_agents": 2})
+        .multi_agent(policies={"p0", "p1"}, policy_mapping_fn=policy_per_agent)
+    ).evaluation(evaluation_interval=2, evaluation_duration=1, evaluation_config={"explore": False})
+    lines = []
+    assert cli.run_without_tune(config, args, print_fn=lines.append) == 0
+    with open(run_dir / "progress.csv") as csv_file:
+        rows = list(csv.DictReader(csv_file))
+    assert [row["greedy_return/p0"] != "" for row in rows] == [False, True]
+    evaluated = rows[1]
+    # RLlib's multi-agent return is the sum over agents, one agent per policy here.
+    total = float(evaluated["greedy_return/p0"]) + float(evaluated["greedy_return/p1"])
+    assert total == pytest.approx(float(evaluated["greedy_return"]))
+    output = "\n".join(lines)
+    assert "greedy return per policy: p0 " in output and ", p1 " in output
+    assert "over 2 episodes on env seeds the in-training evaluations never use" in output
+    with open(run_dir / "learning_curve.png", "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -258,3 +258,160 @@ def test_both_policies_learn_multi_agent_cartpole(ray_session):
     finally:
         algo.stop()
     assert min(best.values()) >= 400, best
+
+
+# --- Action spaces the user declares (not read from the env) -----------------------------
+
+
+def test_user_dict_action_space_is_checked_per_agent(ray_session):
+    """``.environment(action_space=Dict)``, as PettingZoo wrappers report it."""
+    box = gym.spaces.Box(-1, 1, (1,))
+    mixed = ma_config().environment(
+        MultiAgentCartPole,
+        env_config={"num_agents": 2},
+        action_space=gym.spaces.Dict({0: gym.spaces.Discrete(2), 1: box}),
+    )
+    with pytest.raises(ValueError, match=r"Agent 1: StaQ supports a Discrete.*got Box"):
+        mixed.validate()
+    # All agents Discrete: accepted (it was refused as a whole Dict) and trains.
+    discrete = ma_config().environment(
+        MultiAgentCartPole,
+        env_config={"num_agents": 2},
+        action_space=gym.spaces.Dict({0: gym.spaces.Discrete(2), 1: gym.spaces.Discrete(2)}),
+    )
+    algo = discrete.build_algo()
+    try:
+        algo.train()
+        assert int(learner_module(algo, "p0").num_pushes) == 1
+        assert int(learner_module(algo, "p1").num_pushes) == 1
+    finally:
+        algo.stop()
+
+
+def test_user_module_spec_action_space_is_checked_before_anything_runs():
+    box = gym.spaces.Box(-1, 1, (1,))
+    spec = MultiRLModuleSpec(
+        rl_module_specs={
+            "p0": RLModuleSpec(),
+            "p1": RLModuleSpec(action_space=box, observation_space=gym.spaces.Box(-5, 5, (4,))),
+        }
+    )
+    config = ma_config().rl_module(rl_module_spec=spec)
+    # Refused in validate() (no Ray, no EnvRunner), naming the module.
+    with pytest.raises(ValueError, match=r"Module 'p1': StaQ supports a Discrete.*got Box"):
+        config.validate()
+
+
+# --- Greedy evaluation and the run folder of a multi-agent --no-tune run ------------------
+
+
+class _RewardedActionEnv(MultiAgentEnv):
+    """Two agents for 4 steps; each agent gets reward 1 when it plays action 1."""
+
+    STEPS = 4
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.agents = self.possible_agents = ["a", "b"]
+        self.observation_spaces = {aid: gym.spaces.Box(-1, 1, (2,)) for aid in self.agents}
+        self.action_spaces = {aid: gym.spaces.Discrete(2) for aid in self.agents}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return {aid: np.zeros(2, np.float32) for aid in self.agents}, {}
+
+    def step(self, actions):
+        self.t += 1
+        obs = {aid: np.zeros(2, np.float32) for aid in self.agents}
+        rewards = {aid: float(action == 1) for aid, action in actions.items()}
+        done = self.t >= self.STEPS
+        return obs, rewards, {"__all__": done}, {"__all__": False}, {}
+
+
+class _ConstantActionModule:
+    """Stands in for an RLModule: forward_inference always returns one action."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, action):
+        self.action = action
+
+    def forward_inference(self, batch):
+        from ray.rllib.core.columns import Columns
+
+        return {Columns.ACTIONS: torch.tensor([self.action])}
+
+
+def test_greedy_multi_agent_returns_sum_each_agents_own_policy():
+    from rllib_staq.evaluation import greedy_multi_agent_episode_returns
+
+    modules = {"plays_1": _ConstantActionModule(1), "plays_0": _ConstantActionModule(0)}
+    env = _RewardedActionEnv()
+    # "a" maps to the module that earns 1 per step, "b" to the one that earns 0.
+    mapping = {"a": "plays_1", "b": "plays_0"}
+    returns = greedy_multi_agent_episode_returns(modules, mapping.get, env, 3, first_seed=0)
+    assert returns == [_RewardedActionEnv.STEPS * 1.0] * 3
+    both = {"a": "plays_1", "b": "plays_1"}
+    returns = greedy_multi_agent_episode_returns(modules, both.get, env, 2, first_seed=0)
+    assert returns == [_RewardedActionEnv.STEPS * 2.0] * 2
+
+
+def test_simple_spread_example_shares_one_table_across_its_agents(ray_session):
+    pytest.importorskip("mpe2", reason="needs the pettingzoo extra")
+    example = _load_example("simple_spread_staq")
+    env = example.make_simple_spread({})
+    # A user's MultiRLModuleSpec, and the Dict spaces PettingZoo reports, given to the config.
+    spec = MultiRLModuleSpec(
+        rl_module_specs={"shared": RLModuleSpec(model_config={"fcnet_hiddens": [32]})}
+    )
+    config = (
+        example.build_config(seed=1)
+        .environment(
+            example.ENV_NAME,
+            env_config={"num_agents": example.NUM_AGENTS},
+            action_space=env.action_space,
+            observation_space=env.observation_space,
+        )
+        .rl_module(rl_module_spec=spec)
+        .training(env_steps_per_iteration=100, grad_steps_per_iteration=5)
+    )
+    assert isinstance(env.action_space, gym.spaces.Dict)
+    algo = config.build_algo()
+    try:
+        result = algo.train()
+        agent_steps = result["env_runners"]["num_agent_steps_sampled_lifetime"]
+        assert len(agent_steps) == example.NUM_AGENTS
+        # Parameter sharing: every agent's transitions go into the one policy's table.
+        assert learner_table(algo, "shared").size == sum(agent_steps.values())
+        module = learner_module(algo, "shared")
+        assert int(module.num_pushes) == 1
+        assert module.stack_buffer("head.weight").shape[-1] == 32  # the user spec's width
+    finally:
+        algo.stop()
+
+
+def readme_multi_agent_block() -> str:
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Multi-agent") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_multi_agent_block_trains_as_written(ray_session):
+    namespace = {"StaQConfig": StaQConfig}  # from the quick start above it
+    exec(compile(readme_multi_agent_block(), "README.md", "exec"), namespace)
+    # The block as written, with a smaller iteration so the test takes seconds.
+    config = namespace["config"].training(
+        env_steps_per_iteration=100, grad_steps_per_iteration=5, train_batch_size_per_learner=32
+    )
+    algo = config.build_algo()
+    try:
+        result = algo.train()
+        assert learner_module(algo, "p0").stack_size == 50
+        assert learner_module(algo, "p1").stack_size == 20
+        assert algo.env_runner.module["p1"].current_epsilon(None) == pytest.approx(0.1)
+        for module_id in ("p0", "p1"):
+            assert result["learners"][module_id]["num_pushes"] == 1
+    finally:
+        algo.stop()

@@ -14,7 +14,6 @@ import copy
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import gymnasium as gym
-import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchSquashedGaussian
@@ -28,6 +27,7 @@ from torch import nn
 
 from rllib_staq import pmd
 from rllib_staq.continuous import box_action_space_error
+from rllib_staq.torch.default_staq_torch_rl_module import check_state_shapes
 
 QF_PREDS = "qf_preds"  # [E, B] critics at (obs, actions) (forward_train)
 _MLP_DEFAULTS = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
@@ -271,15 +271,7 @@ class ContinuousStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnly
     @override(TorchRLModule)
     def set_state(self, state: Dict[str, Any]) -> None:
         """Refuses a state whose networks or stack have other shapes, naming why."""
-        own = self.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(own[key].shape) != tuple(np.shape(value)):
-                raise ValueError(
-                    f"Mismatched StaQ checkpoint: `{key}` has shape {tuple(np.shape(value))}, "
-                    f"this module expects {tuple(own[key].shape)} (stack_size="
-                    f"{self.stack_size}, num_q_networks={self.num_q_networks}). Build the "
-                    "algorithm with the checkpoint's settings."
-                )
+        check_state_shapes(self, state)
         super().set_state(state)
 
     # ------------------------------------------------------------------ #

@@ -92,6 +92,21 @@ def to_network_input(obs: torch.Tensor, image_input: bool) -> torch.Tensor:
     return obs.permute(0, 3, 1, 2) if image_input else obs
 
 
+def check_state_shapes(module: TorchRLModule, state: Dict[str, Any], settings: str = "") -> None:
+    """ValueError naming the first tensor of ``state`` whose shape differs from the
+    module's (a checkpoint of another stack_size, num_q_networks or network)."""
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(np.shape(value)):
+            raise ValueError(
+                f"Mismatched StaQ checkpoint: `{key}` has shape {tuple(np.shape(value))}, "
+                f"this module expects {tuple(own[key].shape)} (stack_size="
+                f"{module.stack_size}, num_q_networks={module.num_q_networks}"
+                f"{', ' + settings if settings else ''}). Build the algorithm with the "
+                "checkpoint's settings."
+            )
+
+
 class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI, QNetAPI):
     """Q-ensemble (trainable + target) and the frozen stack of the last M members.
 
@@ -337,16 +352,7 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
     @override(TorchRLModule)
     def set_state(self, state: Dict[str, Any]) -> None:
         """Refuses a state whose stack or networks have other shapes, naming why."""
-        own = self.state_dict()
-        for key, value in state.items():
-            if key in own and tuple(own[key].shape) != tuple(np.shape(value)):
-                raise ValueError(
-                    f"Mismatched StaQ checkpoint: `{key}` has shape {tuple(np.shape(value))}, "
-                    f"this module expects {tuple(own[key].shape)} (stack_size="
-                    f"{self.stack_size}, num_q_networks={self.num_q_networks}, model "
-                    f"{self._network_kwargs}). Build the algorithm with the checkpoint's "
-                    "settings."
-                )
+        check_state_shapes(self, state, f"model {self._network_kwargs}")
         super().set_state(state)
 
     # ------------------------------------------------------------------ #

@@ -11,7 +11,7 @@ then pushes a frozen copy of the trainable ensemble onto the stack.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
@@ -40,6 +40,8 @@ from rllib_staq.staq_learner import (
     FQI_TIMER,
     ITERATION_TIMER,
     KL_NEW_OLD_KEY,
+    MAX_ABS_Q_BOUND_KEY,
+    MAX_ABS_Q_KEY,
     MEAN_Q_KEY,
     NEXT_LOGITS_TIMER,
     NEXT_STACK_SUM,
@@ -59,6 +61,7 @@ from rllib_staq.staq_learner import (
     REPLAY_SIZE_KEY,
     STACK_FILL_KEY,
     TD_LOSS_KEY,
+    TRUNCATION_KL_KEY,
 )
 from rllib_staq.torch.default_staq_torch_rl_module import (
     QF_PREDS,
@@ -322,7 +325,7 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         tau = self.entropy_coeff(module_id)
         rows = self._fqi_phase_rows(module_id, module, table, tau)
         flat_adam = self._flat_adam(module_id)
-        td_losses, mean_qs = [], []
+        td_losses, mean_qs, max_abs_qs = [], [], []
         # A host-side counter: reading the buffer each step would sync a GPU.
         grad_steps_before = int(module.num_grad_steps)
         forward_train, forward_target = self._fqi_forwards(module_id)
@@ -347,6 +350,7 @@ class StaQTorchLearner(StaQTorchLearnerBase):
                 self._apply_fqi_gradients(self.postprocess_gradients(gradients))
             td_losses.append(loss.detach())
             mean_qs.append(fwd_out[QF_PREDS].detach().mean())
+            max_abs_qs.append(fwd_out[QF_PREDS].detach().abs().max())
             if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
                 for main_net, target_net in module.get_target_network_pairs():
                     update_target_network(main_net=main_net, target_net=target_net, tau=config.tau)
@@ -363,7 +367,19 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         self.metrics.log_value(
             (module_id, MEAN_Q_KEY), torch.stack(mean_qs).mean().item(), window=1
         )
+        self._log_q_magnitude(module_id, module, table, torch.stack(max_abs_qs).max().item(), tau)
         return td_losses.mean()
+
+    def _log_q_magnitude(self, module_id, module, table, max_abs_q: float, tau: float) -> None:
+        """max |Q| of the phase beside its fixed-point bound (``pmd.soft_q_magnitude_bound``),
+        with the largest |reward| in the table and this iteration's tau."""
+        config = self._module_config(module_id)
+        max_abs_reward = table.filled(Columns.REWARDS).abs().max().item()
+        bound = pmd.soft_q_magnitude_bound(
+            abs(config.reward_scale) * max_abs_reward, config.gamma, tau, module.num_actions
+        )
+        self.metrics.log_value((module_id, MAX_ABS_Q_KEY), max_abs_q, window=1)
+        self.metrics.log_value((module_id, MAX_ABS_Q_BOUND_KEY), bound, window=1)
 
     def _fqi_phase_rows(self, module_id, module, table, tau: float) -> torch.Tensor:
         """:meth:`target_rows` of every stored transition, once per phase: ``[N, 3 + A]``."""
@@ -572,9 +588,11 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         # exact by the push), so the diagnostics need no stack pass.
         sums = table.filled(NEXT_STACK_SUM)
         logits_before = module.logit_scale * sums
-        self._push_with_cache_update(module, table, alpha, beta, correction)
+        truncation_kl = self._push_with_cache_update(module, table, alpha, beta, correction)
         logits_after = module.logit_scale * sums
         log = self.metrics.log_value
+        if truncation_kl is not None:
+            log((module_id, TRUNCATION_KL_KEY), truncation_kl, window=1)
         log(
             (module_id, KL_NEW_OLD_KEY),
             pmd.categorical_kl(logits_before, logits_after).mean().item(),
@@ -595,12 +613,16 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         log((module_id, REPLAY_SIZE_KEY), table.size, window=1)
 
     @torch.no_grad()
-    def _push_with_cache_update(self, module, table, alpha, beta, correction) -> None:
+    def _push_with_cache_update(self, module, table, alpha, beta, correction) -> Optional[float]:
         """Push, and update every cached next-state sum with 2 slot passes, not M.
 
         ``U <- beta * (U - d_evicted * Q_evicted) + Q_new`` mirrors
         ``decay_slots_for_push`` (every slot decays by beta, the evicted slot's
         term leaves, the new member enters with weight 1).
+
+        Returns, for a push that evicts, the mean of ``pmd.truncation_kl`` over
+        the stored next-states (from the evicted slot's pass, which the cache
+        update needs anyway); None while the stack is not full.
         """
         slot = int(module.num_pushes) % module.stack_size
         evicting = int(module.num_pushes) >= module.stack_size
@@ -609,12 +631,18 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         chunks = [
             slice(s, min(s + LOGITS_CHUNK, table.size)) for s in range(0, table.size, LOGITS_CHUNK)
         ]
+        truncation_kl_total = 0.0
         if evicting:
+            scale_before = float(module.logit_scale)
             for rows in chunks:
-                sums[rows] -= evicted_decay * module.slot_member_sum(next_obs[rows], slot)
+                evicted_term = evicted_decay * module.slot_member_sum(next_obs[rows], slot)
+                kl = pmd.truncation_kl(scale_before, sums[rows], evicted_term)
+                truncation_kl_total += kl.sum().item()
+                sums[rows] -= evicted_term
         module.push_onto_stack(alpha, beta, correction)
         for rows in chunks:
             sums[rows] = beta * sums[rows] + module.slot_member_sum(next_obs[rows], slot)
+        return truncation_kl_total / max(table.size, 1) if evicting else None
 
 
 def _transition_columns(
