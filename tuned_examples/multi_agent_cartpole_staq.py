@@ -12,6 +12,9 @@ or without Tune::
 
 The reward of an episode is the sum over both agents (up to 1000); per-policy
 returns are under ``env_runners/module_episode_returns_mean/<policy>``.
+
+Measured (docs/results_multi_agent.md, seed 0): greedy 500 for p1 at 25k and for
+p0 at 35k env steps; the final evaluation on 20 unseen seeds gave 1000.
 """
 
 from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
