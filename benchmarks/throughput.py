@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                 # every part, paper-scale settings
     python benchmarks/throughput.py --part split --stack-sizes 1,50,300
+    python benchmarks/throughput.py --part minatar-split --game Breakout --stack-sizes 1,50,300
     python benchmarks/throughput.py --part acting --num-envs 1,4,16
     python benchmarks/throughput.py --part e2e --seconds 120
     python benchmarks/throughput.py --part memory --memory-iterations 50
@@ -17,6 +18,11 @@ noisy machine. Parts:
   transitions), so M=300 is measured without 300 iterations first. The paper's
   MLP config: 5000 env steps and 5000 gradient steps of 256 per iteration, two
   ensemble members, 2x256 ReLU.
+* ``minatar-split``: the same split for the CNN path, at the MinAtar tuned
+  example's settings (``tuned_examples/minatar_staq.py``: 1000 env steps and
+  250 gradient steps per iteration, 16 vector envs) with only M changed, a
+  pre-filled stack and a replay table pre-filled with random-policy
+  transitions of ``--game``.
 * ``acting``: EnvRunner time per env step against M and the number of vector envs.
 * ``e2e``: env-steps/s on CartPole of StaQ (paper settings, with 1 env as the
   official code and with 16 vector envs), RLlib's DQN at the same
@@ -72,7 +78,7 @@ from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
 ENV = "CartPole-v1"
-PARTS = ["split", "acting", "e2e", "memory", "optimizer", "contention", "sb3"]
+PARTS = ["split", "minatar-split", "acting", "e2e", "memory", "optimizer", "contention", "sb3"]
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 
 
@@ -100,9 +106,9 @@ def staq_config(args, stack_size: int, env_steps: int, grad_steps: int, num_envs
     return config
 
 
-def random_policy_transitions(num_rows: int, seed: int = 0) -> Dict[str, np.ndarray]:
-    """``num_rows`` CartPole transitions of a uniform policy (replay pre-fill)."""
-    env = gym.make(ENV)
+def random_policy_transitions(num_rows: int, seed: int = 0, env=None) -> Dict[str, np.ndarray]:
+    """``num_rows`` transitions of a uniform policy (replay pre-fill); CartPole by default."""
+    env = env if env is not None else gym.make(ENV)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     columns = {key: [] for key in ("obs", "actions", "rewards", "terminateds", "next_obs")}
@@ -115,7 +121,7 @@ def random_policy_transitions(num_rows: int, seed: int = 0) -> Dict[str, np.ndar
     return {key: np.asarray(values) for key, values in columns.items()}
 
 
-def prefill(algo, replay_rows: int, stack_members: int) -> None:
+def prefill(algo, replay_rows: int, stack_members: int, env=None) -> None:
     """A full replay table and ``stack_members`` pushes, without training.
 
     The table is filled first (empty stack: no stack pass). The pushes then
@@ -125,7 +131,7 @@ def prefill(algo, replay_rows: int, stack_members: int) -> None:
     learner = algo.learner_group._learner
     module = learner.module[DEFAULT_MODULE_ID].unwrapped()
     device = learner.device
-    data = random_policy_transitions(replay_rows)
+    data = random_policy_transitions(replay_rows, env=env)
     learner.add_transitions(
         DEFAULT_MODULE_ID,
         {
@@ -173,16 +179,70 @@ def run_split(args) -> None:
         f"of 256, E=2, 2x256 MLP, {args.split_num_envs} envs, replay {args.replay_fill}, "
         f"learner on {args.device}; mean of {args.iterations} iterations after 1 warm-up"
     )
+
+    def build(stack_size: int):
+        return staq_config(
+            args, stack_size, args.env_steps, args.grad_steps, args.split_num_envs
+        ).build_algo()
+
+    print_split_table(args, build, env_factory=None)
+
+
+def minatar_config(args, stack_size: int) -> StaQConfig:
+    """The MinAtar tuned example's config with only M changed (and no evaluation)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tuned_examples")
+    spec = importlib.util.spec_from_file_location("minatar_staq", f"{path}/minatar_staq.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    config = example.build_config(game=args.game)
+    config.training(stack_size=stack_size).evaluation(evaluation_interval=None)
+    config.debugging(seed=0, log_level="ERROR")
+    if args.device == "cuda":
+        config.learners(num_learners=0, num_gpus_per_learner=1)
+    return config
+
+
+def run_minatar_split(args) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("minatar") is None:
+        missing = "Needs the minatar extra: pip install -e '.[minatar]'."
+        if args.part == "minatar-split":
+            raise SystemExit(missing)
+        print(f"\n## MinAtar iteration split: skipped. {missing}")
+        return
+    probe = minatar_config(args, 1)
+    print(
+        f"\n## MinAtar {args.game} iteration split (s), the tuned example: "
+        f"{probe.env_steps_per_iteration} env steps + {probe.grad_steps_per_iteration} grad steps "
+        f"of {probe.train_batch_size_per_learner}, E={probe.num_q_networks}, CNN, "
+        f"{probe.num_envs_per_env_runner} envs, replay {args.replay_fill}, learner on "
+        f"{args.device}; mean of {args.iterations} iterations after 1 warm-up"
+    )
+
+    def build(stack_size: int):
+        return minatar_config(args, stack_size).build_algo()
+
+    def env_factory(algo):
+        return algo.env_creator(dict(algo.config.env_config))
+
+    print_split_table(args, build, env_factory)
+
+
+def print_split_table(args, build, env_factory) -> None:
+    """One row per M: the mean split of ``--iterations`` iterations after a warm-up."""
     print("| M | " + " | ".join(SPLIT_COLUMNS) + " | total / total(M=1) |")
     print("|---" * (len(SPLIT_COLUMNS) + 2) + "|")
     baseline = None
     for stack_size in args.stack_sizes:
-        config = staq_config(args, stack_size, args.env_steps, args.grad_steps, args.split_num_envs)
-        algo = config.build_algo()
+        algo = build(stack_size)
         try:
+            env = env_factory(algo) if env_factory else None
             # +1 push when M pushes would land the rolling refresh on window 0
             # twice; any offset is a steady state, this one is the same for all M.
-            prefill(algo, args.replay_fill, stack_size + 1)
+            prefill(algo, args.replay_fill, stack_size + 1, env=env)
             algo.train()  # warm-up (allocations, first sync)
             splits = []
             for _ in range(args.iterations):
@@ -670,6 +730,7 @@ def main() -> None:
     parser.add_argument("--part", default="all", choices=["all", *PARTS, "contention-worker"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stack-sizes", default="1,50,300")
+    parser.add_argument("--game", default="Breakout", help="MinAtar game of `minatar-split`")
     parser.add_argument("--env-steps", type=int, default=5000)
     parser.add_argument("--grad-steps", type=int, default=5000)
     parser.add_argument(
@@ -736,7 +797,7 @@ def main() -> None:
     try:
         parts = PARTS if args.part == "all" else [args.part]
         for part in parts:
-            globals()[f"run_{part}"](args)
+            globals()[f"run_{part.replace('-', '_')}"](args)
     finally:
         ray.shutdown()
 
