@@ -6,8 +6,9 @@
 Every algorithm runs under the same protocol: ``num_env_runners`` (default 0), a greedy
 evaluation of 10 episodes every ``--eval-every`` env steps, the same env-step budget, one
 ``tune.Tuner`` per (algorithm, env) with a grid over the seeds. Baselines use the named
-presets of ``rllib_staq.presets`` (RLlib's own tuned settings), StaQ its tuned example of
-that env; ``--config-module FILE.py`` replaces both with the module's
+presets of ``rllib_staq.presets`` (RLlib's own tuned settings where it has them for that env,
+else its CartPole ones, and the preset's source says so), StaQ its tuned example of that env;
+``--config-module FILE.py`` replaces both with the module's
 ``build_config(algo: str, env: str) -> AlgorithmConfig``.
 
 Outputs in ``--out``:
@@ -396,11 +397,30 @@ def run_comparison(
 # --------------------------------------------------------------------------- analysis
 
 
+def make_env(env: str):
+    """The env ``env`` names, with an empty env_config: the package's registered MinAtar and
+    robot names (``rllib_staq.envs``), a ``ray.tune.register_env`` name while Ray runs (Tune's
+    registry is Ray's), else a gymnasium id."""
+    import gymnasium as gym
+    from ray.rllib.env.env_context import EnvContext
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    from rllib_staq import envs
+
+    minatar = dict(zip(envs.MINATAR_ENV_NAMES, envs.MINATAR_GAMES))
+    robots = dict(zip(envs.MUJOCO_ENV_NAMES, envs.MUJOCO_ROBOTS))
+    if env in minatar:
+        return envs.make_minatar(minatar[env], {})
+    if env in robots:
+        return envs.make_discrete_robot(robots[env], {})
+    if _global_registry.contains(ENV_CREATOR, env):
+        return _global_registry.get(ENV_CREATOR, env)(EnvContext({}, worker_index=0))
+    return gym.make(env)
+
+
 def random_score(env: str, episodes: int = RANDOM_EPISODES, seed: int = 0) -> float:
     """Mean return of the uniform random policy (the 0 of the normalised scores)."""
-    import gymnasium as gym
-
-    environment = gym.make(env)
+    environment = make_env(env)
     environment.action_space.seed(seed)
     total = 0.0
     for episode in range(episodes):
@@ -865,7 +885,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not args.config_module:
         try:
             presets.check_names(args.algos, args.env)
-        except ValueError as error:
+            presets.check_extras(args.env)
+        except (ValueError, ImportError) as error:
             parser.error(str(error))
     args.reference = args.reference or args.algos[0]
     if args.reference not in args.algos:

@@ -13,9 +13,26 @@ read from the Ray repository's example scripts and written out here as settings:
   (gamma 0.95, hard target update every 32 steps, batch 32, actor and critic lr 5e-3, alpha lr
   1e-4), RLlib's only SAC setting for a discrete-action classic-control env.
 
-RLlib has no tuned settings for Acrobot-v1. Its presets are the CartPole ones, and
-``preset_source`` says so (``python -m rllib_staq.compare`` prints it), rather than
-silently pretending they were tuned for Acrobot.
+- SAC (discrete), MountainCar-v0: ``rllib/examples/algorithms/sac/mountaincar_sac.py`` (also
+  ``rllib/tuned_examples/sac/mountaincar_sac.py`` before the move; 256x256 relu with xavier
+  init, a 0.01-gain orthogonal head, initial alpha 1.001, actor/critic/alpha lr 2e-4 / 8e-4 /
+  9e-4, n-step 2-5, tau 0.005 every step, batch 256, prioritised replay 100k with alpha 1.0 /
+  beta 0.0, learning after 256 steps), RLlib's only MountainCar-v0 setting.
+
+RLlib has no tuned settings for the other (algorithm, env) pairs: Acrobot-v1, LunarLander-v3,
+DQN and PPO on MountainCar-v0, and the MinAtar games (its image examples,
+``rllib/examples/algorithms/{dqn/atari_dqn,ppo/atari_ppo,sac/atari_sac}.py``, are for Atari:
+4 stacked 64x64 frames, clipped rewards, 3M to 10M-step budgets; the DQN one is Rainbow
+with 80k warm-up steps and a 32k-step target period). Their presets are the CartPole ones, and
+``preset_source`` says so (``python -m rllib_staq.compare`` prints it), rather than silently
+pretending they were tuned for that env. On MinAtar
+(``(10, 10, C)`` float32 images) the CartPole MLP is replaced by the MinAtar paper's CNN, the
+network StaQ's module builds there (conv 16 3x3 stride 1 valid padding, dense 128, relu), so
+every algorithm sees the same network; the training settings stay the CartPole ones.
+
+StaQ uses the env's tuned example (``tuned_examples/*_staq.py``; MinAtar: ``minatar_staq.py``'s
+``build_config(game=...)``). LunarLander-v3 needs the box2d extra and MinAtar the minatar extra:
+``preset_config`` raises an ImportError naming the install command when it is missing.
 
 Resources are not part of a preset: ``rllib_staq.compare`` sets ``num_env_runners`` and the
 evaluation schedule identically for every algorithm.
@@ -29,6 +46,8 @@ from typing import Callable
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
+from rllib_staq.envs import MINATAR_GAMES, minatar_env_name, require_extra
+
 BASELINE_ALGOS = ("DQN", "PPO", "SAC")
 ALGOS = ("StaQ",) + BASELINE_ALGOS
 
@@ -36,11 +55,56 @@ ALGOS = ("StaQ",) + BASELINE_ALGOS
 STAQ_EXAMPLES: dict[str, str] = {
     "CartPole-v1": "cartpole_staq",
     "Acrobot-v1": "acrobot_staq",
+    "LunarLander-v3": "lunarlander_staq",
+    "MountainCar-v0": "mountaincar_staq",
+    **{minatar_env_name(game): "minatar_staq" for game in MINATAR_GAMES},
 }
+# MinAtar env id -> game (the argument of minatar_staq.build_config).
+MINATAR_ENVS: dict[str, str] = {minatar_env_name(game): game for game in MINATAR_GAMES}
 ENVS = tuple(STAQ_EXAMPLES)
 
-# Greedy return that counts as solved (the tuned examples' --stop-reward).
-THRESHOLDS: dict[str, float] = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
+# Greedy return that counts as solved (the tuned examples' --stop-reward; MinAtar: issue 12's
+# targets at 500k env steps, minatar_staq.TARGET_RETURNS, which a test keeps equal).
+THRESHOLDS: dict[str, float] = {
+    "CartPole-v1": 475.0,
+    "Acrobot-v1": -100.0,
+    "LunarLander-v3": 200.0,
+    "MountainCar-v0": -150.0,
+    minatar_env_name("Asterix"): 5.0,
+    minatar_env_name("Breakout"): 6.0,
+    minatar_env_name("Freeway"): 20.0,
+    minatar_env_name("Seaquest"): 2.0,
+    minatar_env_name("SpaceInvaders"): 15.0,
+}
+
+# env -> (module, extra) that env needs beyond the core install.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "LunarLander-v3": ("Box2D", "box2d"),
+    **{env: ("minatar", "minatar") for env in MINATAR_ENVS},
+}
+
+# The MinAtar paper's network, the one StaQ's module builds for MinAtar: conv 16 3x3 stride 1
+# (valid padding: 10x10 -> 8x8) -> dense 128 -> head; relu. RLlib's encoder is the conv
+# stack, its heads take head_fcnet_hiddens.
+MINATAR_CNN = {
+    "conv_filters": [[16, 3, 1, "valid"]],
+    "conv_activation": "relu",
+    "head_fcnet_hiddens": [128],
+    "head_fcnet_activation": "relu",
+}
+# The network keys of the CartPole presets that MINATAR_CNN replaces on MinAtar (the others,
+# e.g. PPO's vf_share_layers, are kept).
+MLP_KEYS = ("fcnet_hiddens", "fcnet_activation", "head_fcnet_hiddens", "head_fcnet_activation")
+
+DQN_CARTPOLE_MODEL = {
+    "fcnet_hiddens": [256],
+    "fcnet_activation": "tanh",
+    "fcnet_bias_initializer": "zeros_",
+    "head_fcnet_hiddens": [256],
+    "head_fcnet_bias_initializer": "zeros_",
+}
+PPO_CARTPOLE_MODEL = {"fcnet_hiddens": [32], "fcnet_activation": "linear", "vf_share_layers": True}
+SAC_CARTPOLE_MODEL: dict = {}  # cartpole-sac.yaml keeps RLlib's default network
 
 TUNED_EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "tuned_examples"
 
@@ -65,15 +129,7 @@ def dqn_cartpole(env: str) -> AlgorithmConfig:
             dueling=True,
             epsilon=[(0, 1.0), (25_000, 0.02)],
         )
-        .rl_module(
-            model_config={
-                "fcnet_hiddens": [256],
-                "fcnet_activation": "tanh",
-                "fcnet_bias_initializer": "zeros_",
-                "head_fcnet_hiddens": [256],
-                "head_fcnet_bias_initializer": "zeros_",
-            }
-        )
+        .rl_module(model_config=dict(DQN_CARTPOLE_MODEL))
     )
 
 
@@ -84,13 +140,7 @@ def ppo_cartpole(env: str) -> AlgorithmConfig:
         PPOConfig()
         .environment(env)
         .training(lr=3e-4, num_epochs=6, vf_loss_coeff=0.01)
-        .rl_module(
-            model_config={
-                "fcnet_hiddens": [32],
-                "fcnet_activation": "linear",
-                "vf_share_layers": True,
-            }
-        )
+        .rl_module(model_config=dict(PPO_CARTPOLE_MODEL))
     )
 
 
@@ -113,16 +163,116 @@ def sac_discrete_cartpole(env: str) -> AlgorithmConfig:
     )
 
 
+def sac_discrete_mountaincar(env: str) -> AlgorithmConfig:
+    from ray.rllib.algorithms.sac import SACConfig
+    from torch import nn
+
+    return (
+        SACConfig()
+        .environment(env)
+        .rl_module(
+            model_config={
+                "fcnet_hiddens": [256, 256],
+                "fcnet_activation": "relu",
+                "fcnet_kernel_initializer": nn.init.xavier_uniform_,
+                "head_fcnet_hiddens": [],
+                "head_fcnet_activation": None,
+                "head_fcnet_kernel_initializer": "orthogonal_",
+                "head_fcnet_kernel_initializer_kwargs": {"gain": 0.01},
+                "fusionnet_hiddens": [256, 256, 256],
+                "fusionnet_activation": "relu",
+            }
+        )
+        .training(
+            initial_alpha=1.001,
+            actor_lr=2e-4,
+            critic_lr=8e-4,
+            alpha_lr=9e-4,
+            lr=None,
+            target_entropy="auto",
+            n_step=(2, 5),
+            tau=0.005,
+            train_batch_size_per_learner=256,
+            target_network_update_freq=1,
+            replay_buffer_config={
+                "type": "PrioritizedEpisodeReplayBuffer",
+                "capacity": 100_000,
+                "alpha": 1.0,
+                "beta": 0.0,
+            },
+            num_steps_sampled_before_learning_starts=256,
+        )
+    )
+
+
+def minatar_model_config(cartpole_model: dict) -> dict:
+    """A CartPole preset's model_config with its MLP replaced by :data:`MINATAR_CNN`."""
+    kept = {key: value for key, value in cartpole_model.items() if key not in MLP_KEYS}
+    return {**kept, **MINATAR_CNN}
+
+
+def with_minatar_cnn(
+    builder: Callable[[str], AlgorithmConfig], cartpole_model: dict
+) -> Callable[[str], AlgorithmConfig]:
+    """``builder``'s training settings with :func:`minatar_model_config` as its network."""
+
+    def build(env: str) -> AlgorithmConfig:
+        return builder(env).rl_module(model_config=minatar_model_config(cartpole_model))
+
+    build.__name__ = f"{builder.__name__}_minatar_cnn"
+    return build
+
+
+CARTPOLE_SOURCES = {
+    "DQN": (
+        dqn_cartpole,
+        "RLlib's CartPole DQN example (rllib/examples/algorithms/dqn/cartpole_dqn.py)",
+    ),
+    "PPO": (
+        ppo_cartpole,
+        "RLlib's CartPole PPO example (rllib/examples/algorithms/ppo/cartpole_ppo.py)",
+    ),
+    "SAC": (
+        sac_discrete_cartpole,
+        "RLlib's CartPole SAC (discrete) tuned example "
+        "(rllib/tuned_examples/sac/cartpole-sac.yaml)",
+    ),
+}
+CARTPOLE_MODELS = {"DQN": DQN_CARTPOLE_MODEL, "PPO": PPO_CARTPOLE_MODEL, "SAC": SAC_CARTPOLE_MODEL}
+# (algorithm, env) -> (builder, source) where RLlib has tuned settings for that env.
+TUNED_BASELINES = {
+    **{(algo, "CartPole-v1"): entry for algo, entry in CARTPOLE_SOURCES.items()},
+    ("SAC", "MountainCar-v0"): (
+        sac_discrete_mountaincar,
+        "RLlib's MountainCar-v0 SAC (discrete) example "
+        "(rllib/examples/algorithms/sac/mountaincar_sac.py)",
+    ),
+}
+
+
+def fallback_source(algo: str, env: str) -> str:
+    """What a fallback preset is, said plainly: the CartPole settings, not tuned for ``env``."""
+    source = CARTPOLE_SOURCES[algo][1]
+    if env in MINATAR_ENVS:
+        return (
+            f"{source}, not tuned for {env}: RLlib has no MinAtar settings; the CartPole "
+            "training settings with the MinAtar CNN (conv 16 3x3 stride 1, dense 128) "
+            "instead of its MLP"
+        )
+    return f"{source}, not tuned for {env}: RLlib has no {env} settings"
+
+
 # (algorithm, env) -> (builder, where its settings come from)
 BASELINES: dict[tuple[str, str], tuple[Callable[[str], AlgorithmConfig], str]] = {}
 for _env in ENVS:
-    _suffix = "" if _env == "CartPole-v1" else f" (RLlib has no {_env} settings)"
-    BASELINES[("DQN", _env)] = (dqn_cartpole, "RLlib's CartPole DQN example" + _suffix)
-    BASELINES[("PPO", _env)] = (ppo_cartpole, "RLlib's CartPole PPO example" + _suffix)
-    BASELINES[("SAC", _env)] = (
-        sac_discrete_cartpole,
-        "RLlib's CartPole SAC (discrete) tuned example" + _suffix,
-    )
+    for _algo in BASELINE_ALGOS:
+        if (_algo, _env) in TUNED_BASELINES:
+            BASELINES[(_algo, _env)] = TUNED_BASELINES[(_algo, _env)]
+        elif _env in MINATAR_ENVS:
+            _builder = with_minatar_cnn(CARTPOLE_SOURCES[_algo][0], CARTPOLE_MODELS[_algo])
+            BASELINES[(_algo, _env)] = (_builder, fallback_source(_algo, _env))
+        else:
+            BASELINES[(_algo, _env)] = (CARTPOLE_SOURCES[_algo][0], fallback_source(_algo, _env))
 
 
 def check_names(algos, envs) -> None:
@@ -151,11 +301,22 @@ def load_tuned_example(name: str):
     return module
 
 
+def check_extras(envs) -> None:
+    """ImportError naming the install command when an env's optional extra is missing."""
+    for env in envs:
+        if env in EXTRAS:
+            require_extra(*EXTRAS[env])
+
+
 def preset_config(algo: str, env: str) -> AlgorithmConfig:
     """The named preset of ``algo`` on ``env`` (StaQ: the env's tuned example)."""
     check_names([algo], [env])
+    check_extras([env])
     if algo == "StaQ":
-        return load_tuned_example(STAQ_EXAMPLES[env]).build_config()
+        example = load_tuned_example(STAQ_EXAMPLES[env])
+        if env in MINATAR_ENVS:
+            return example.build_config(game=MINATAR_ENVS[env])
+        return example.build_config()
     builder, _ = BASELINES[(algo, env)]
     return builder(env)
 

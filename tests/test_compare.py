@@ -3,12 +3,13 @@
 import importlib.util
 import json
 import pathlib
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rllib_staq import ablate, compare, presets
+from rllib_staq import ablate, compare, envs, presets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -88,6 +89,155 @@ def test_presets_build_the_discrete_baselines():
             assert type(config).__name__ == f"{algo}Config"
     assert "no Acrobot-v1 settings" in presets.preset_source("DQN", "Acrobot-v1")
     assert presets.preset_source("StaQ", "CartPole-v1") == "tuned_examples/cartpole_staq.py"
+
+
+# ------------------------------------------------------- presets of the paper's other envs
+
+MINATAR_ENV = "StaQ/MinAtar-Breakout-v1"
+
+
+def test_every_preset_validates_and_its_module_acts_on_the_env():
+    """All (algorithm, env) presets: validate(), build the RLModule for the env's spaces and
+    act on a real observation (the MinAtar baselines through the 10x10 CNN)."""
+    import torch
+
+    for env in presets.ENVS:
+        environment = compare.make_env(env)
+        obs, _ = environment.reset(seed=0)
+        batch = {"obs": torch.as_tensor(np.stack([obs, obs]))}
+        for algo in presets.BASELINE_ALGOS:
+            config = presets.preset_config(algo, env)
+            config.validate()
+            module = config.get_rl_module_spec(env=environment).build()
+            with torch.no_grad():
+                out = module.forward_inference(batch)
+            if algo == "DQN":
+                assert out["actions"].shape == (2,), (algo, env)
+            else:
+                assert out["action_dist_inputs"].shape == (2, environment.action_space.n)
+        environment.close()
+
+
+def test_minatar_baselines_get_the_staq_cnn_and_keep_the_cartpole_training_settings():
+    import torch
+
+    for game, channels in envs.MINATAR_CHANNELS.items():
+        env = envs.minatar_env_name(game)
+        environment = compare.make_env(env)
+        assert environment.observation_space.shape == (10, 10, channels)
+        for algo in presets.BASELINE_ALGOS:
+            module = presets.preset_config(algo, env).get_rl_module_spec(env=environment).build()
+            convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+            linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+            # conv 16 3x3 stride 1, valid padding: 10x10 -> 8x8x16 = 1024 features -> 128.
+            assert {tuple(c.weight.shape) for c in convs} == {(16, channels, 3, 3)}, algo
+            assert {c.stride for c in convs} == {(1, 1)}
+            assert {(m.in_features, m.out_features) for m in linears if m.in_features == 1024} == {
+                (1024, 128)
+            }
+    dqn = presets.preset_config("DQN", MINATAR_ENV)
+    assert dqn.lr == 5e-4 and dqn.n_step == (2, 5) and dqn.dueling
+    assert dqn.model_config["head_fcnet_bias_initializer"] == "zeros_"
+    ppo = presets.preset_config("PPO", MINATAR_ENV)
+    assert ppo.num_epochs == 6 and ppo.model_config["vf_share_layers"] is True
+    assert presets.preset_config("SAC", MINATAR_ENV).gamma == 0.95
+    # StaQ on MinAtar is the tuned example for that game.
+    staq = presets.preset_config("StaQ", envs.minatar_env_name("Seaquest"))
+    assert staq.env == "StaQ/MinAtar-Seaquest-v1" and staq.reward_scale == 200.0
+
+
+def test_preset_sources_say_which_settings_and_where_they_were_not_tuned():
+    for env in presets.ENVS:
+        for algo in presets.BASELINE_ALGOS:
+            source = presets.preset_source(algo, env)
+            assert "rllib/" in source, source  # the Ray file the settings were read from
+            tuned = (algo, env) in presets.TUNED_BASELINES
+            assert (f"not tuned for {env}" in source) != tuned, source
+    assert presets.preset_source("DQN", "LunarLander-v3") == (
+        "RLlib's CartPole DQN example (rllib/examples/algorithms/dqn/cartpole_dqn.py), "
+        "not tuned for LunarLander-v3: RLlib has no LunarLander-v3 settings"
+    )
+    assert presets.preset_source("PPO", MINATAR_ENV) == (
+        "RLlib's CartPole PPO example (rllib/examples/algorithms/ppo/cartpole_ppo.py), "
+        f"not tuned for {MINATAR_ENV}: RLlib has no MinAtar settings; the CartPole training "
+        "settings with the MinAtar CNN (conv 16 3x3 stride 1, dense 128) instead of its MLP"
+    )
+    assert presets.preset_source("SAC", "MountainCar-v0") == (
+        "RLlib's MountainCar-v0 SAC (discrete) example "
+        "(rllib/examples/algorithms/sac/mountaincar_sac.py)"
+    )
+    assert "not tuned for MountainCar-v0" in presets.preset_source("DQN", "MountainCar-v0")
+    assert presets.preset_source("StaQ", MINATAR_ENV) == "tuned_examples/minatar_staq.py"
+    sac = presets.preset_config("SAC", "MountainCar-v0")
+    assert (sac.actor_lr, sac.critic_lr, sac.alpha_lr) == (2e-4, 8e-4, 9e-4)
+    assert sac.replay_buffer_config["alpha"] == 1.0 and sac.train_batch_size_per_learner == 256
+
+
+def test_thresholds_are_the_tuned_examples_targets():
+    assert set(presets.THRESHOLDS) == set(presets.ENVS)
+    minatar = presets.load_tuned_example("minatar_staq")
+    for game, target in minatar.TARGET_RETURNS.items():
+        assert presets.THRESHOLDS[envs.minatar_env_name(game)] == target
+    for env in ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "MountainCar-v0"):
+        parser = presets.load_tuned_example(presets.STAQ_EXAMPLES[env]).parser
+        assert presets.THRESHOLDS[env] == parser.get_default("stop_reward"), env
+    assert presets.THRESHOLDS["LunarLander-v3"] == 200.0
+    assert presets.THRESHOLDS["MountainCar-v0"] == -150.0
+
+
+def test_a_missing_extra_names_its_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    missing = {"Box2D", "minatar"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in missing else find_spec(name, *a),
+    )
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[box2d]"')):
+        presets.preset_config("DQN", "LunarLander-v3")
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[minatar]"')):
+        presets.preset_config("SAC", MINATAR_ENV)
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--env", MINATAR_ENV, "--algos", "PPO", "--out", "x"])
+    assert 'pip install -e ".[minatar]"' in capsys.readouterr().err
+    # The core-install envs need no extra.
+    presets.check_extras(["CartPole-v1", "MountainCar-v0"])
+
+
+def test_random_scores_of_mountaincar_and_minatar(monkeypatch):
+    from ray.tune.registry import _global_registry
+
+    # MountainCar: the random policy never reaches the flag in 200 steps (-1 per step).
+    assert compare.random_score("MountainCar-v0", episodes=5) == -200.0
+    # MinAtar through its registered name (issue 12 measured 0.3 for Breakout), also where
+    # Tune's registry no longer knows it: the report is written after ray.shutdown().
+    monkeypatch.setattr(_global_registry, "contains", lambda *args: False)
+    assert 0.0 <= compare.random_score(MINATAR_ENV, episodes=20) < 2.0
+    assert compare.make_env(MINATAR_ENV).observation_space.dtype == np.float32
+
+
+@pytest.mark.parametrize("algo", presets.BASELINE_ALGOS)
+def test_minatar_baseline_trains_one_iteration(algo, ray_session):
+    """The MinAtar CNN of each baseline preset through RLlib's real learner (tiny sizes)."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    config = presets.preset_config(algo, MINATAR_ENV).env_runners(num_env_runners=0)
+    if isinstance(config, PPOConfig):
+        config.training(train_batch_size_per_learner=64, minibatch_size=32, num_epochs=1)
+    else:
+        config.training(
+            num_steps_sampled_before_learning_starts=32, train_batch_size_per_learner=16
+        )
+        config.reporting(min_sample_timesteps_per_iteration=100)
+    algorithm = config.build_algo()
+    try:
+        result = algorithm.train()
+    finally:
+        algorithm.stop()
+    losses = result["learners"]["default_policy"]
+    assert any(key.endswith("loss") and np.isfinite(value) for key, value in losses.items())
 
 
 def test_config_module_must_define_build_config(tmp_path):
