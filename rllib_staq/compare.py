@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 from ray.tune import Callback
 
-from rllib_staq import presets
+from rllib_staq import presets, reliability
 from rllib_staq.progress import evaluated_this_iteration, metric_at
 
 EVAL_RETURN = "evaluation/env_runners/episode_return_mean"
@@ -466,12 +466,13 @@ def iqm_band(returns: np.ndarray, seed: int = 0):
         # rliable's aggregate_iqm (trim_mean of 25%) taken along the runs axis.
         return stats.trim_mean(scores, proportiontocut=0.25, axis=0)
 
-    points, intervals = rly.get_interval_estimates(
-        {"x": returns},
-        per_evaluation_iqm,
-        reps=BOOTSTRAP_REPS,
-        random_state=np.random.RandomState(seed),
-    )
+    with reliability.seeded_numpy_global_rng(seed):
+        points, intervals = rly.get_interval_estimates(
+            {"x": returns},
+            per_evaluation_iqm,
+            reps=BOOTSTRAP_REPS,
+            random_state=np.random.RandomState(seed),
+        )
     return points["x"], intervals["x"][0], intervals["x"][1]
 
 
@@ -566,9 +567,10 @@ def plot_aggregates(scores: dict[str, np.ndarray], reference: str, out: pathlib.
             ]
         )
 
-    points, intervals = rly.get_interval_estimates(
-        scores, aggregates, reps=BOOTSTRAP_REPS, random_state=state
-    )
+    with reliability.seeded_numpy_global_rng(0):
+        points, intervals = rly.get_interval_estimates(
+            scores, aggregates, reps=BOOTSTRAP_REPS, random_state=state
+        )
     names = ["IQM", "Median", "Mean", "Optimality Gap"]
     figure, _ = plot_utils.plot_interval_estimates(
         points,
@@ -582,7 +584,10 @@ def plot_aggregates(scores: dict[str, np.ndarray], reference: str, out: pathlib.
 
     every_score = np.concatenate([values.ravel() for values in scores.values()])
     tau_list = np.linspace(min(0.0, every_score.min()), max(1.0, every_score.max()), 81)
-    profiles, profile_cis = rly.create_performance_profile(scores, tau_list, reps=BOOTSTRAP_REPS)
+    with reliability.seeded_numpy_global_rng(0):
+        profiles, profile_cis = rly.create_performance_profile(
+            scores, tau_list, reps=BOOTSTRAP_REPS
+        )
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     plot_utils.plot_performance_profiles(
         profiles,
@@ -603,9 +608,10 @@ def plot_aggregates(scores: dict[str, np.ndarray], reference: str, out: pathlib.
     }
     improvement = {}
     if pairs:
-        probabilities, probability_cis = rly.get_interval_estimates(
-            pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=state
-        )
+        with reliability.seeded_numpy_global_rng(0):
+            probabilities, probability_cis = rly.get_interval_estimates(
+                pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=state
+            )
         axes = plot_utils.plot_probability_of_improvement(probabilities, probability_cis)
         axes.figure.savefig(out / "probability_of_improvement.png", dpi=110, bbox_inches="tight")
         plt.close(axes.figure)
@@ -630,7 +636,6 @@ def compare_to_reference(reference: str, reference_ci, other_ci) -> str:
 
 
 def environment_tables(frame, env, algos, reference, threshold, random_value) -> list[str]:
-    from rllib_staq import reliability
 
     finals, measures, lines = {}, {}, []
     for algo in algos:

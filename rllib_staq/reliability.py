@@ -20,6 +20,8 @@ bootstrap 95% CI (percentile method).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from scipy import stats
 
@@ -84,6 +86,24 @@ def curve_measures(returns: np.ndarray, late_fraction: float = 0.5) -> dict[str,
     }
 
 
+@contextlib.contextmanager
+def seeded_numpy_global_rng(seed: int):
+    """NumPy's global generator seeded inside the block, the caller's state restored after.
+
+    rliable 1.2.0's ``StratifiedBootstrap.update_indices`` draws its resamples with
+    ``np.random.choice``, the global generator, not the ``random_state`` it is
+    given; so its CIs changed with whatever had used the global generator before
+    (the same data gave [50.0, 52.0] and [50.2, 52.0]). Every rliable bootstrap here
+    runs inside this block.
+    """
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
 def interval_over_runs(
     values_by_label: dict[str, np.ndarray], statistic: str = "iqm", reps: int = 2000, seed: int = 0
 ) -> dict[str, tuple[float, float, float]]:
@@ -99,21 +119,23 @@ def interval_over_runs(
     if statistic not in aggregates:
         raise ValueError(f"statistic must be one of {list(aggregates)}, got {statistic!r}")
     aggregate = aggregates[statistic]
-    scores = {}
+    points, intervals = {}, {}
     for label, values in values_by_label.items():
         values = np.asarray(values, dtype=float)
-        scores[label] = values[:, None] if values.ndim == 1 else values
-    points, intervals = rly.get_interval_estimates(
-        scores,
-        lambda x: np.array([aggregate(x)]),
-        reps=reps,
-        random_state=np.random.RandomState(seed),
-    )
+        # Seeded per label, so that each CI does not depend on the other labels.
+        with seeded_numpy_global_rng(seed):
+            point, interval = rly.get_interval_estimates(
+                {label: values[:, None] if values.ndim == 1 else values},
+                lambda x: np.array([aggregate(x)]),
+                reps=reps,
+                random_state=np.random.RandomState(seed),
+            )
+        points[label], intervals[label] = point[label], interval[label]
     return {
         label: (
             float(points[label][0]),
             float(intervals[label][0, 0]),
             float(intervals[label][1, 0]),
         )
-        for label in scores
+        for label in points
     }

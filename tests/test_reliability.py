@@ -72,3 +72,19 @@ def test_interval_over_runs_bootstraps_with_rliable():
     # IQM of 0..7 (rliable trims 25% each side): mean of 2..5 = 3.5.
     iqm = reliability.interval_over_runs({"b": values})["b"]
     assert iqm[0] == pytest.approx(3.5)
+
+
+def test_bootstrap_intervals_do_not_depend_on_or_change_numpy_global_state():
+    """rliable 1.2.0 resamples with np.random's global generator, whatever random_state
+    it is given: the CIs must still be reproducible, and the caller's state kept."""
+    values = {"A": np.array([50.0, 51.0, 52.0]), "B": np.array([10.0, 30.0, 20.0, 40.0])}
+    results = []
+    for global_seed in (0, 1, 123):
+        np.random.seed(global_seed)
+        before = np.random.get_state()[1].copy()
+        results.append(reliability.interval_over_runs(values, statistic="mean", reps=300))
+        np.testing.assert_array_equal(np.random.get_state()[1], before)
+    assert results[0] == results[1] == results[2]
+    # Each label's interval does not depend on the other labels either.
+    alone = reliability.interval_over_runs({"A": values["A"]}, statistic="mean", reps=300)
+    assert alone["A"] == results[0]["A"]
