@@ -46,6 +46,7 @@ from typing import Callable
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
+from rllib_staq import envs
 from rllib_staq.envs import MINATAR_GAMES, minatar_env_name, require_extra
 
 BASELINE_ALGOS = ("DQN", "PPO", "SAC")
@@ -312,6 +313,9 @@ def preset_config(algo: str, env: str) -> AlgorithmConfig:
     """The named preset of ``algo`` on ``env`` (StaQ: the env's tuned example)."""
     check_names([algo], [env])
     check_extras([env])
+    # Tune's env registry lives in the Ray session: names registered when the package
+    # was imported are gone after a ray.shutdown() and a new ray.init().
+    envs.register_envs()
     if algo == "StaQ":
         example = load_tuned_example(STAQ_EXAMPLES[env])
         if env in MINATAR_ENVS:

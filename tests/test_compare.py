@@ -503,3 +503,25 @@ def test_tune_search_example_on_a_tiny_budget(tmp_path, ray_session):
     assert search.entropy_schedule([[0, 2.0], [500, 0.4]], 25_000) == [[0, 2.0], [25_000, 0.4]]
     with pytest.raises(ValueError, match="entropy_coeff must be a schedule"):
         search.entropy_schedule(0.5, 1000)
+
+
+def test_preset_registers_its_env_in_the_current_ray_session():
+    """Tune's env registry lives in the Ray session: the names registered at import are
+    gone after ray.shutdown() and a new ray.init(); preset_config registers them again."""
+    import ray
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    for _ in range(2):  # the first session flushes the import-time names, the second lacks them
+        ray.init(num_cpus=1, include_dashboard=False)
+        ray.shutdown()
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        assert not _global_registry.contains(ENV_CREATOR, MINATAR_ENV)
+        presets.preset_config("DQN", MINATAR_ENV)
+        assert _global_registry.contains(ENV_CREATOR, MINATAR_ENV)
+    finally:
+        ray.shutdown()
+        if was_running:
+            ray.init(num_cpus=2, include_dashboard=False)
