@@ -33,6 +33,15 @@ MINATAR_CHANNELS = {"Asterix": 4, "Breakout": 4, "Freeway": 7, "Seaquest": 10, "
 # Actions of the -v1 ids (MinAtar's minimal action sets).
 MINATAR_NUM_ACTIONS = {"Asterix": 5, "Breakout": 3, "Freeway": 3, "Seaquest": 6, "SpaceInvaders": 4}
 MINATAR_GAMES = tuple(MINATAR_CHANNELS)
+# Issue 12's target greedy returns at 500k env steps (the MinAtar tuned example's
+# --stop-reward and the comparison's thresholds).
+MINATAR_TARGET_RETURNS = {
+    "Asterix": 5.0,
+    "Breakout": 6.0,
+    "Freeway": 20.0,
+    "Seaquest": 2.0,
+    "SpaceInvaders": 15.0,
+}
 # The official StaQ code caps every MinAtar episode at 5000 steps (MinAtar itself has no limit).
 MINATAR_MAX_EPISODE_STEPS = 5000
 MINATAR_ENV_CONFIG_KEYS = ("sticky_action_prob", "difficulty_ramping", "max_episode_steps")

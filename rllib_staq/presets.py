@@ -47,7 +47,12 @@ from typing import Callable
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
 from rllib_staq import envs
-from rllib_staq.envs import MINATAR_GAMES, minatar_env_name, require_extra
+from rllib_staq.envs import (
+    MINATAR_GAMES,
+    MINATAR_TARGET_RETURNS,
+    minatar_env_name,
+    require_extra,
+)
 
 BASELINE_ALGOS = ("DQN", "PPO", "SAC")
 ALGOS = ("StaQ",) + BASELINE_ALGOS
@@ -65,17 +70,13 @@ MINATAR_ENVS: dict[str, str] = {minatar_env_name(game): game for game in MINATAR
 ENVS = tuple(STAQ_EXAMPLES)
 
 # Greedy return that counts as solved (the tuned examples' --stop-reward; MinAtar: issue 12's
-# targets at 500k env steps, minatar_staq.TARGET_RETURNS, which a test keeps equal).
+# targets at 500k env steps, the MinAtar example's --stop-reward too).
 THRESHOLDS: dict[str, float] = {
     "CartPole-v1": 475.0,
     "Acrobot-v1": -100.0,
     "LunarLander-v3": 200.0,
     "MountainCar-v0": -150.0,
-    minatar_env_name("Asterix"): 5.0,
-    minatar_env_name("Breakout"): 6.0,
-    minatar_env_name("Freeway"): 20.0,
-    minatar_env_name("Seaquest"): 2.0,
-    minatar_env_name("SpaceInvaders"): 15.0,
+    **{minatar_env_name(game): target for game, target in MINATAR_TARGET_RETURNS.items()},
 }
 
 # env -> (module, extra) that env needs beyond the core install.

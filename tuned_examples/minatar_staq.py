@@ -40,16 +40,15 @@ import functools
 
 from rllib_staq import StaQConfig
 from rllib_staq.cli import example_parser
-from rllib_staq.envs import MINATAR_GAMES, minatar_env_name, require_extra
+from rllib_staq.envs import (
+    MINATAR_GAMES,
+    MINATAR_TARGET_RETURNS,
+    minatar_env_name,
+    require_extra,
+)
 
 # The target greedy returns at 500k env steps; --stop-reward defaults to the game's.
-TARGET_RETURNS = {
-    "Asterix": 5.0,
-    "Breakout": 6.0,
-    "Freeway": 20.0,
-    "Seaquest": 2.0,
-    "SpaceInvaders": 15.0,
-}
+TARGET_RETURNS = MINATAR_TARGET_RETURNS
 
 parser = example_parser(default_reward=None, default_timesteps=500_000)
 parser.add_argument(

@@ -631,18 +631,20 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         chunks = [
             slice(s, min(s + LOGITS_CHUNK, table.size)) for s in range(0, table.size, LOGITS_CHUNK)
         ]
-        truncation_kl_total = 0.0
+        truncation_kl_total = torch.zeros((), device=sums.device)
         if evicting:
             scale_before = float(module.logit_scale)
             for rows in chunks:
                 evicted_term = evicted_decay * module.slot_member_sum(next_obs[rows], slot)
-                kl = pmd.truncation_kl(scale_before, sums[rows], evicted_term)
-                truncation_kl_total += kl.sum().item()
+                # Summed on the device: one host sync per push, not one per chunk.
+                truncation_kl_total += pmd.truncation_kl(
+                    scale_before, sums[rows], evicted_term
+                ).sum()
                 sums[rows] -= evicted_term
         module.push_onto_stack(alpha, beta, correction)
         for rows in chunks:
             sums[rows] = beta * sums[rows] + module.slot_member_sum(next_obs[rows], slot)
-        return truncation_kl_total / max(table.size, 1) if evicting else None
+        return truncation_kl_total.item() / max(table.size, 1) if evicting else None
 
 
 def _transition_columns(
