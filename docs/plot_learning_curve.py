@@ -1,5 +1,10 @@
 """Plot the greedy-return curve of a ``benchmarks/learning_curves.py --out`` CSV as a PNG.
 
+The CSV needs ``env_steps`` and a return column (``eval_return``, or ``greedy_return`` as in
+a ``--no-tune`` run folder's ``progress.csv``; rows without a return are skipped), and either
+``seed`` (one "StaQ, seed N" line per seed) or ``label`` (one line per label, e.g. to draw
+StaQ beside a baseline)::
+
     python docs/plot_learning_curve.py /tmp/curves.csv docs/lunarlander_staq.png \\
         --title "StaQ, LunarLander-v3" --hline 200 --hline-label "target" --random -192
 """
@@ -27,11 +32,15 @@ def main() -> None:
     curves = defaultdict(list)
     with open(args.csv) as handle:
         for row in csv.DictReader(handle):
-            curves[row["seed"]].append((int(row["env_steps"]), float(row["eval_return"])))
+            value = row.get("eval_return", row.get("greedy_return", ""))
+            if value == "":
+                continue  # an iteration without an evaluation
+            label = row["label"] if "label" in row else f"StaQ, seed {row['seed']}"
+            curves[label].append((int(row["env_steps"]), float(value)))
     figure, axes = plt.subplots(figsize=(6, 4))
-    for seed, points in sorted(curves.items()):
+    for label, points in sorted(curves.items()):
         steps, returns = zip(*sorted(points))
-        axes.plot(steps, returns, marker="o", label=f"StaQ, seed {seed}")
+        axes.plot(steps, returns, marker="o", label=label)
     if args.hline is not None:
         axes.axhline(args.hline, color="tab:green", linestyle="--", label=args.hline_label)
     if args.random is not None:

@@ -880,6 +880,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the algorithm the others are compared with (default: the first)",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rebuild results.md and the PNGs from OUT/curves.csv",
+    )
     return parser
 
 
@@ -887,6 +892,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_run_args(parser, args)
+    if args.report_only:  # The algorithms and the reference come from the CSV.
+        return args
     if not args.config_module:
         try:
             presets.check_names(args.algos, args.env)
@@ -933,10 +940,42 @@ def execute(experiments, args, reference: str, title: str, command, print_fn=pri
     return 0
 
 
+def failures_in_csv(frame) -> list[tuple]:
+    """The failed trials that ``curves.csv`` records (a trial with rows and status ERROR);
+    a trial that died before its first result left no row, and only the run's own report
+    lists it."""
+    failed = frame[frame["trial_status"] == "ERROR"]
+    keys = failed[["algorithm", "env", "seed"]].drop_duplicates().itertuples(index=False)
+    return [(algo, env, seed, "status ERROR in curves.csv") for algo, env, seed in keys]
+
+
+def report_from_csv(args, command) -> int:
+    """``--report-only``: the report of an earlier run, recomputed from its tidy CSV."""
+    import pandas as pd
+
+    out = pathlib.Path(args.out)
+    csv_path = out / "curves.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"--report-only reads {csv_path}, which does not exist.")
+    frame = pd.read_csv(csv_path)
+    algos = list(dict.fromkeys(frame["algorithm"]))
+    reference = args.reference or algos[0]
+    if reference not in algos:
+        raise ValueError(f"--reference {reference!r} must be one of the CSV's algorithms {algos}")
+    title = "StaQ and RLlib baselines (report rebuilt from curves.csv)"
+    report = write_report(
+        frame, failures_in_csv(frame), out, reference, dict(presets.THRESHOLDS), command, title
+    )
+    print(f"Wrote {report} and the PNGs in {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    experiments = build_experiments(args.algos, args.env, args.config_module)
     command = ["python -m rllib_staq.compare"] + list(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        return report_from_csv(args, command)
+    experiments = build_experiments(args.algos, args.env, args.config_module)
     return execute(experiments, args, args.reference, "StaQ and RLlib baselines", command)
 
 

@@ -363,6 +363,28 @@ def test_report_writes_the_table_and_every_png(tmp_path, monkeypatch):
         assert f"![{name}]({name})" in text
 
 
+def test_report_only_rebuilds_the_report_from_curves_csv(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare, "BOOTSTRAP_REPS", 300)
+    monkeypatch.setattr(
+        compare, "random_score", lambda env: {"CartPole-v1": 0.0, "Acrobot-v1": -500.0}[env]
+    )
+    frame = synthetic_frame()
+    # B's seed 2 on Acrobot failed after reporting: curves.csv says so in trial_status.
+    failed = (frame["algorithm"] == "B") & (frame["env"] == "Acrobot-v1") & (frame["seed"] == 2)
+    frame.loc[failed, "trial_status"] = "ERROR"
+    frame.to_csv(tmp_path / "curves.csv", index=False)
+    assert compare.main(["--out", str(tmp_path), "--report-only"]) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert "report rebuilt from curves.csv" in text
+    assert "| A | 3 | 500.0 [500.0, 500.0] | - | 5,000, 5,000, 5,000 |" in text
+    assert "- B Acrobot-v1 seed 2: status ERROR in curves.csv" in text
+    assert (tmp_path / "curves_Acrobot-v1_env_steps.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="curves.csv"):
+        compare.main(["--out", str(tmp_path / "empty"), "--report-only"])
+    with pytest.raises(ValueError, match="--reference 'C' must be one of"):
+        compare.main(["--out", str(tmp_path), "--report-only", "--reference", "C"])
+
+
 def test_random_score_of_cartpole():
     # The uniform random policy on CartPole lasts about 22 steps on average.
     assert 15.0 < compare.random_score("CartPole-v1", episodes=50) < 30.0
