@@ -12,13 +12,9 @@ every iteration, so every 16,384 env steps (StaQ's run: every 10,000). Needs the
 Writes ``DIR/progress.csv``.
 """
 
-import argparse
-import os
-
-import ray
-from pendulum_sac import train_and_log
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+from reference_run import reference_main
 
 ROLLOUT_FRAGMENT = 512
 FRAGMENTS_PER_ITERATION = 32  # RLlib's example: 32 EnvRunners x 512 steps.
@@ -53,17 +49,7 @@ def build_config(seed: int) -> PPOConfig:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop-timesteps", type=int, default=300_000)
-    args = parser.parse_args()
-    os.makedirs(args.run_dir, exist_ok=True)
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        train_and_log(build_config(args.seed).build_algo(), args.run_dir, args.stop_timesteps)
-    finally:
-        ray.shutdown()
+    reference_main(build_config, default_stop_timesteps=300_000)
 
 
 if __name__ == "__main__":
