@@ -14,7 +14,11 @@ envs). MountainCar's reward is -1 per step until the car reaches the flag (at mo
 steps), so a policy that never reaches it scores the floor, -200 (DQN and PPO stay there at
 public budgets; issue 12 sets the target -150 within 300k env steps).
 
-Measured: not yet (docs/results_environments.md says why).
+Measured (docs/results_environments.md, commit c336529, seeds 0 and 1 stopped by hand at 102k
+and 30k env steps): -200 on every greedy evaluation and every training episode. The target
+is missed, and no budget would meet it. No episode reaches the flag, so every action gets the same
+value and the policy stays uniform (entropy ln 3). A uniform policy reached the flag in 0 of
+10,000 episodes (``benchmarks/mountaincar_random_walk.py``).
 """
 
 from rllib_staq import StaQConfig
