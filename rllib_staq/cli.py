@@ -44,6 +44,11 @@ RLLIB_DEFAULTS = {
 }
 # The flags the tuned examples add to RLlib's, with their defaults.
 OWN_DEFAULTS = {"seed": 0, "run_dir": None, "final_eval_episodes": 20}
+# RLlib's example scripts stop at 200 iterations by default, which cuts a tuned example
+# short of its env-step budget wherever that budget is over 200 iterations (300k env steps
+# at 1000 per iteration stopped at 200k). The examples' budget is in env steps, so the
+# iteration limit defaults to one that never binds first.
+STOP_ITERS_DEFAULT = 1_000_000
 
 # Flags no StaQ tuned example can honour, with the reason (both paths).
 REFUSED_ALWAYS = {
@@ -83,7 +88,9 @@ EVALUATION_FLAGS = (
 def example_parser(default_reward: float, default_timesteps: int) -> argparse.ArgumentParser:
     """RLlib's example-script flags plus ``--seed``, ``--run-dir`` and ``--final-eval-episodes``."""
     parser = add_rllib_example_script_args(
-        default_reward=default_reward, default_timesteps=default_timesteps
+        default_reward=default_reward,
+        default_timesteps=default_timesteps,
+        default_iters=STOP_ITERS_DEFAULT,
     )
     parser.add_argument(
         "--seed", type=int, default=OWN_DEFAULTS["seed"], help="Seed of the run (config.seed)."
@@ -106,7 +113,8 @@ def example_parser(default_reward: float, default_timesteps: int) -> argparse.Ar
 
 def given(args: argparse.Namespace, name: str) -> bool:
     """Whether a flag was set to something other than its default."""
-    return getattr(args, name) != {**RLLIB_DEFAULTS, **OWN_DEFAULTS}[name]
+    defaults = {**RLLIB_DEFAULTS, **OWN_DEFAULTS, "stop_iters": STOP_ITERS_DEFAULT}
+    return getattr(args, name) != defaults[name]
 
 
 def refused_flags(args: argparse.Namespace) -> List[str]:
@@ -235,9 +243,12 @@ def run_without_tune(config: StaQConfig, args: argparse.Namespace, print_fn=prin
         args.run_dir or default_run_dir(config, args.seed),
         policy_ids=config.policies if config.is_multi_agent else (),
     )
+    iteration_limit = (
+        f" or {budget.stop_iters} iterations" if budget.stop_iters < STOP_ITERS_DEFAULT else ""
+    )
     print_fn(
-        f"StaQ on {config.env}, seed {args.seed}: up to {budget.stop_timesteps} env steps or "
-        f"{budget.stop_iters} iterations, stopping early once a greedy evaluation reaches "
+        f"StaQ on {config.env}, seed {args.seed}: up to {budget.stop_timesteps} env "
+        f"steps{iteration_limit}, stopping early once a greedy evaluation reaches "
         f"{budget.stop_reward}. Run folder: {run_folder.path}"
     )
     ray.init(num_cpus=args.num_cpus or None, include_dashboard=False)

@@ -104,6 +104,18 @@ def test_tune_path_stops_and_judges_on_the_greedy_evaluation(monkeypatch):
     assert captured["keep_config"]  # flags were applied once, by apply_example_flags
 
 
+def test_env_step_budget_binds_before_an_iteration_limit_unless_one_is_given():
+    # RLlib's example scripts stop at 200 iterations by default: 300k env steps at 1000 per
+    # iteration would stop at 200k. The tuned examples' default never binds first.
+    budget = cli.budget_from_args(parse("--stop-timesteps", "300000"))
+    assert budget.exhausted(env_steps=200_000, iteration=200) is None
+    assert budget.exhausted(env_steps=300_000, iteration=300) == STOP_TIMESTEPS
+    assert not cli.given(parse(), "stop_iters")
+    given_limit = parse("--stop-iters", "200")
+    assert cli.given(given_limit, "stop_iters")
+    assert cli.budget_from_args(given_limit).exhausted(env_steps=1000, iteration=200) == STOP_ITERS
+
+
 # --------------------------------------------------------------------------- #
 # Budget and progress display.
 # --------------------------------------------------------------------------- #

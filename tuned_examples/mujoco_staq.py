@@ -7,7 +7,7 @@ example-script flags)::
 
 or without Tune, with a progress line per iteration and a final greedy evaluation::
 
-    python tuned_examples/mujoco_staq.py --robot Hopper --no-tune --stop-timesteps=300000 --stop-iters=300
+    python tuned_examples/mujoco_staq.py --robot Hopper --no-tune --stop-timesteps=300000
 
 ``--robot`` is one of Hopper, Walker2d, HalfCheetah, Ant, Humanoid; the env is the registered
 ``StaQ/<Robot>-v5``: gymnasium's ``-v5`` robot wrapped in ``rllib_staq.DiscreteBoxActions``
@@ -23,7 +23,7 @@ steps each) every 10k env steps.
 There is no return target: issue 12 asks for the curve next to the random policy (Hopper 28,
 Walker2d 12, HalfCheetah -149, Ant 421, Humanoid 147, measured with the same wrapper).
 Measured (docs/results_environments.md, commit c336529), Hopper only, seed 0, 300k env steps
-(``--stop-iters=300``: the loop's default of 200 iterations would stop at 200k): best greedy
+(run with ``--stop-iters=300``: at that commit the default stopped at 200 iterations): best greedy
 return 2406 at 280k, 1833 over the last 3 evaluations, and a drop to 754 at 300k. The final
 evaluation on 20 unseen seeds gave 770. RLlib's PPO on the continuous robot reached 313 with
 the same env steps. The other four robots are not run yet. ``--stop-reward`` defaults to
