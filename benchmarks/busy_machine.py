@@ -9,6 +9,11 @@ ended and the slowdown against the quiet run::
     python benchmarks/busy_machine.py --background-procs 0,1,8 -- \\
         python tuned_examples/cartpole_staq.py --no-tune --stop-timesteps=10000
 
+Each background process runs in a session of its own by default (``--background-sessions
+own``). Under Linux's autogroup scheduler the CPU is shared between sessions first, so this is
+the case of unrelated jobs; ``shared`` puts them all in one session, where together they get
+one session's share. The command always runs in a session of its own.
+
 ``--set VAR=VALUE`` (repeatable) runs the command with that environment variable, for
 example ``--set OMP_NUM_THREADS=2`` for torch's default thread count on 2 cores. The
 command's own output goes to ``--log-dir`` (one file per run), not to the terminal.
@@ -25,8 +30,15 @@ from typing import Dict, List
 BURN_CPU = "while True: pass"
 
 
-def start_background(count: int) -> List[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", BURN_CPU]) for _ in range(count)]
+def start_background(count: int, own_sessions: bool) -> List[subprocess.Popen]:
+    """``count`` CPU-bound processes. Linux's autogroup scheduler shares the CPU between
+    sessions first: burners in one shared session take one session's share however many
+    there are, while burners in sessions of their own each take a full share, as
+    unrelated jobs (other terminals, CI jobs) do."""
+    return [
+        subprocess.Popen([sys.executable, "-c", BURN_CPU], start_new_session=own_sessions)
+        for _ in range(count)
+    ]
 
 
 def stop_background(processes: List[subprocess.Popen]) -> None:
@@ -67,6 +79,14 @@ def timed_run(
     }
 
 
+def autogroup_state() -> str:
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return "on" if f.read().strip() == "1" else "off"
+    except OSError:
+        return "unknown"
+
+
 def parse_settings(pairs: List[str]) -> Dict[str, str]:
     settings = {}
     for pair in pairs:
@@ -83,6 +103,13 @@ def main() -> None:
         "--background-procs",
         default="0,1",
         help="comma-separated counts of CPU-bound background processes; 0 = quiet (default 0,1)",
+    )
+    parser.add_argument(
+        "--background-sessions",
+        choices=("own", "shared"),
+        default="own",
+        help="each background process in a session of its own (default: under Linux's "
+        "autogroup scheduler each then gets a full share) or all in one shared session",
     )
     parser.add_argument("--set", action="append", default=[], help="VAR=VALUE for the command")
     parser.add_argument(
@@ -101,12 +128,15 @@ def main() -> None:
     os.makedirs(args.log_dir, exist_ok=True)
 
     print(f"command: {' '.join(command)}")
-    print(f"settings: {parse_settings(args.set) or 'none'}; {os.cpu_count()} CPUs")
+    print(
+        f"settings: {parse_settings(args.set) or 'none'}; {os.cpu_count()} CPUs; background "
+        f"processes in {args.background_sessions} sessions; autogroup {autogroup_state()}"
+    )
     print("| background processes | wall (s) | load (1 min) near the end | exit | vs quiet |")
     print("|---|---|---|---|---|")
     quiet_seconds = None
     for count in counts:
-        background = start_background(count)
+        background = start_background(count, args.background_sessions == "own")
         try:
             log_path = os.path.join(args.log_dir, f"busy{count}.log")
             run = timed_run(command, env, log_path, args.timeout)
