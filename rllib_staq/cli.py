@@ -42,13 +42,12 @@ GREEDY_RETURN = f"{EVALUATION_RESULTS}/{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN
 RLLIB_DEFAULTS = {
     action.dest: action.default for action in add_rllib_example_script_args()._actions
 }
-# The flags the tuned examples add to RLlib's, with their defaults.
-OWN_DEFAULTS = {"seed": 0, "run_dir": None, "final_eval_episodes": 20}
-# RLlib's example scripts stop at 200 iterations by default, which cuts a tuned example
+# The flags the tuned examples add to RLlib's, and the one RLlib default they replace, with
+# their defaults. RLlib's example scripts stop at 200 iterations, which cuts a tuned example
 # short of its env-step budget wherever that budget is over 200 iterations (300k env steps
 # at 1000 per iteration stopped at 200k). The examples' budget is in env steps, so the
 # iteration limit defaults to one that never binds first.
-STOP_ITERS_DEFAULT = 1_000_000
+OWN_DEFAULTS = {"seed": 0, "run_dir": None, "final_eval_episodes": 20, "stop_iters": 1_000_000}
 
 # Flags no StaQ tuned example can honour, with the reason (both paths).
 REFUSED_ALWAYS = {
@@ -90,7 +89,7 @@ def example_parser(default_reward: float, default_timesteps: int) -> argparse.Ar
     parser = add_rllib_example_script_args(
         default_reward=default_reward,
         default_timesteps=default_timesteps,
-        default_iters=STOP_ITERS_DEFAULT,
+        default_iters=OWN_DEFAULTS["stop_iters"],
     )
     parser.add_argument(
         "--seed", type=int, default=OWN_DEFAULTS["seed"], help="Seed of the run (config.seed)."
@@ -113,8 +112,7 @@ def example_parser(default_reward: float, default_timesteps: int) -> argparse.Ar
 
 def given(args: argparse.Namespace, name: str) -> bool:
     """Whether a flag was set to something other than its default."""
-    defaults = {**RLLIB_DEFAULTS, **OWN_DEFAULTS, "stop_iters": STOP_ITERS_DEFAULT}
-    return getattr(args, name) != defaults[name]
+    return getattr(args, name) != {**RLLIB_DEFAULTS, **OWN_DEFAULTS}[name]
 
 
 def refused_flags(args: argparse.Namespace) -> List[str]:
@@ -243,9 +241,7 @@ def run_without_tune(config: StaQConfig, args: argparse.Namespace, print_fn=prin
         args.run_dir or default_run_dir(config, args.seed),
         policy_ids=config.policies if config.is_multi_agent else (),
     )
-    iteration_limit = (
-        f" or {budget.stop_iters} iterations" if budget.stop_iters < STOP_ITERS_DEFAULT else ""
-    )
+    iteration_limit = f" or {budget.stop_iters} iterations" if given(args, "stop_iters") else ""
     print_fn(
         f"StaQ on {config.env}, seed {args.seed}: up to {budget.stop_timesteps} env "
         f"steps{iteration_limit}, stopping early once a greedy evaluation reaches "
