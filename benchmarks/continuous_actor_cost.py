@@ -10,6 +10,11 @@ to the actor through the action, Adam step) is timed, as in
 ``ContinuousStaQTorchLearner._fit_actor``. Also timed: one FQI step (its cost
 does not depend on M) and the actor's acting forward at batch 1 (M-free: the
 EnvRunners hold only the actor). Prints milliseconds (median of the repeats).
+
+``--fits`` also times one whole actor fit per iteration through the learner
+(``ContinuousStaQTorchLearner._fit_actor``, 250 steps of batch 256) with each
+``actor_fit``: "reverse_kl" (the stack at every step) against "weighted_ml" (the
+stack once, on 2048 states x 16 proposal actions), side by side with their ratio.
 """
 
 import argparse
@@ -101,6 +106,56 @@ def measure(stack_size: int, device: str, batch: int, repeats: int):
     )
 
 
+def fit_seconds(stack_size: int, actor_fit: str, repeats: int) -> float:
+    """Median seconds of one whole actor fit (the learner's own, Pendulum shapes)."""
+    from ray.rllib.core.columns import Columns
+
+    from rllib_staq import StaQConfig
+
+    obs_space = gym.spaces.Box(-8, 8, (3,), np.float32)
+    action_space = gym.spaces.Box(-2, 2, (1,), np.float32)
+    config = (
+        StaQConfig()
+        .environment(observation_space=obs_space, action_space=action_space)
+        .rl_module(model_config={"fcnet_hiddens": [256, 256]})
+        .training(
+            stack_size=stack_size,
+            entropy_coeff=0.1,
+            kl_coeff=0.5,
+            actor_steps_per_iteration=250,
+            train_batch_size_per_learner=256,
+            actor_fit=actor_fit,
+        )
+        .debugging(seed=0)
+    )
+    learner = config.build_learner(spaces={"default_policy": (obs_space, action_space)})
+    learner.before_gradient_based_update(timesteps={})
+    num = 10_000
+    learner.add_transitions(
+        "default_policy",
+        {
+            Columns.OBS: torch.randn(num, 3),
+            Columns.ACTIONS: torch.rand(num, 1) * 2 - 1,
+            Columns.REWARDS: torch.randn(num),
+            Columns.TERMINATEDS: torch.zeros(num),
+            Columns.NEXT_OBS: torch.randn(num, 3),
+        },
+    )
+    module = learner.module["default_policy"].unwrapped()
+    for _ in range(stack_size):
+        with torch.no_grad():
+            for param in module.critics.parameters():
+                param.add_(0.01 * torch.randn_like(param))
+        learner._push("default_policy")
+    table = learner._table("default_policy")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        learner._fit_actor("default_policy", table)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
@@ -108,6 +163,10 @@ def main():
     parser.add_argument("--stack-sizes", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--fits", action="store_true", help="also time whole fits of both actor_fit modes (CPU)"
+    )
+    parser.add_argument("--fit-repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, batch = args.device, args.batch
@@ -116,6 +175,15 @@ def main():
     for stack_size in args.stack_sizes:
         actor_ms, fqi_ms, acting_ms = measure(stack_size, device, batch, args.repeats)
         print(f"{stack_size:>5} | {actor_ms:>13.2f} | {fqi_ms:>11.2f} | {acting_ms:>13.3f}")
+    if not args.fits:
+        return
+    print("\nWhole actor fit per iteration (250 steps of batch 256; seconds, median):")
+    print(f"{'M':>5} | {'reverse_kl s':>12} | {'weighted_ml s':>13} | {'ratio':>6}")
+    for stack_size in args.stack_sizes:
+        reverse_kl = fit_seconds(stack_size, "reverse_kl", args.fit_repeats)
+        weighted_ml = fit_seconds(stack_size, "weighted_ml", args.fit_repeats)
+        ratio = reverse_kl / weighted_ml
+        print(f"{stack_size:>5} | {reverse_kl:>12.2f} | {weighted_ml:>13.2f} | {ratio:>5.1f}x")
 
 
 if __name__ == "__main__":

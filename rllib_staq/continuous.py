@@ -24,7 +24,15 @@ import gymnasium as gym
 import numpy as np
 
 # Settings only the Box path reads, with their defaults (StaQConfig.__init__).
-BOX_ONLY_DEFAULTS: Dict[str, Any] = {"actor_lr": 3e-4, "actor_steps_per_iteration": 250}
+BOX_ONLY_DEFAULTS: Dict[str, Any] = {
+    "actor_lr": 3e-4,
+    "actor_steps_per_iteration": 250,
+    "actor_fit": "reverse_kl",
+    "weighted_ml_states": 2048,
+    "weighted_ml_actions": 16,
+}
+# Settings of one actor fit only: refused under the other unless at their default.
+WEIGHTED_ML_ONLY = ("weighted_ml_states", "weighted_ml_actions")
 # Settings without a meaning for a Box action space: refused there unless left at
 # their default, with the reason.
 DISCRETE_ONLY_REASONS: Dict[str, Tuple[Any, str]] = {
@@ -131,6 +139,14 @@ def setting_conflicts(config, box: bool) -> Iterator[str]:
             )
         if config.is_multi_agent:
             yield "StaQ: the continuous (Box) path is single-agent; got a multi-agent config."
+        if config.actor_fit != "weighted_ml":
+            for name in WEIGHTED_ML_ONLY:
+                default, value = BOX_ONLY_DEFAULTS[name], getattr(config, name)
+                if value != default:
+                    yield (
+                        f"StaQ: `{name}` is used only with actor_fit='weighted_ml'; leave it "
+                        f"at {default!r} for actor_fit={config.actor_fit!r}, got {value!r}."
+                    )
         return
     for name, default in BOX_ONLY_DEFAULTS.items():
         value = getattr(config, name, default)

@@ -423,6 +423,43 @@ def squashed_gaussian_rsample(
     return torch.tanh(pre_tanh), log_prob - log_one_minus_tanh_squared(pre_tanh).sum(-1)
 
 
+def gaussian_log_prob(pre_tanh: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """``log N(u; mean, std)`` summed over the last (action) dimension: ``[..., d] -> [...]``."""
+    z = (pre_tanh - mean) / log_std.exp()
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2.0 * math.pi)).sum(-1)
+
+
+def self_normalised_weights(energy: Tensor, proposal_log_prob: Tensor) -> Tensor:
+    """Importance weights of N proposal actions per state for exp(xi_{k+1}): ``[n, N] -> [n, N]``.
+
+    ``w_j ∝ exp(xi_{k+1}(s, a_j)) / q(a_j|s)`` for ``a_j ~ q(.|s)``, normalised
+    over the N actions of each state, so neither Z(s) nor q's normaliser is
+    needed (the E-step of MPO, Abdolmaleki et al. 2018, with the stack's energy
+    in place of MPO's Q/eta and no KL trust region: the PMD step is already in xi).
+    """
+    return torch.softmax(energy - proposal_log_prob, dim=-1)
+
+
+def effective_sample_size(weights: Tensor) -> Tensor:
+    """Kish's ``1 / sum_j w_j^2`` per state: ``[n, N] -> [n]`` (N if uniform, 1 if degenerate)."""
+    return 1.0 / (weights**2).sum(-1)
+
+
+def weighted_ml_actor_loss(
+    weights: Tensor, pre_tanh: Tensor, mean: Tensor, log_std: Tensor
+) -> Tensor:
+    """``-E_s sum_j w_j log pi_theta(a_j|s)`` up to a constant: weights ``[n, N]``,
+    ``pre_tanh`` (``u_j = atanh a_j``) ``[n, N, d]``, ``mean, log_std`` ``[n, d]`` -> ``[]``.
+
+    The forward KL ``KL(pi_{k+1} || pi_theta)`` estimated with the weighted
+    samples (MPO's M-step). The tanh Jacobian ``-sum ln(1 - a^2)`` does not
+    depend on theta, so the squashed Gaussian's fit is the Gaussian fit of
+    the pre-tanh samples, whose minimiser is the weighted mean and variance.
+    """
+    log_prob = gaussian_log_prob(pre_tanh, mean.unsqueeze(1), log_std.unsqueeze(1))  # [n, N]
+    return -(weights * log_prob).sum(-1).mean()
+
+
 def reverse_kl_actor_loss(log_prob: Tensor, energy: Tensor) -> Tensor:
     """``E_{a ~ pi_theta}[log pi_theta(a|s) - xi_{k+1}(s, a)]`` from samples: ``[B] -> []``.
 

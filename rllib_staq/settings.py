@@ -37,6 +37,7 @@ ALGORITHM_WIDE_SETTINGS = (
 MODULE_SETTINGS = ("stack_size", "num_q_networks", "epsilon", "stack_dtype")
 # Storage of the acting stack on EnvRunners (the learner's stack stays float32).
 STACK_DTYPES = ("float32", "bfloat16")
+ACTOR_FITS = ("reverse_kl", "weighted_ml")
 # Matrix products of the discrete FQI passes (experimental bf16 autocast).
 FQI_MATMUL_DTYPES = ("float32", "bfloat16")
 
@@ -116,6 +117,13 @@ SETTING_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "intra_op_threads": (threads.is_valid_setting, '"auto", an int >= 1 or None'),
     "actor_lr": _POSITIVE,
     "actor_steps_per_iteration": _INT_AT_LEAST_ONE,
+    "actor_fit": (lambda v: v in ACTOR_FITS, f"one of {ACTOR_FITS}"),
+    "weighted_ml_states": _INT_AT_LEAST_ONE,
+    # One action per state gives every weight 1: the fit would copy the proposal.
+    "weighted_ml_actions": (
+        lambda v: _is_int_at_least_one(v) and v >= 2,
+        "an int >= 2 (with 1 every weight is 1 and the fit copies the proposal)",
+    ),
     "stack_dtype": (lambda v: v in STACK_DTYPES, f"one of {STACK_DTYPES}"),
     "fqi_matmul_dtype": (lambda v: v in FQI_MATMUL_DTYPES, f"one of {FQI_MATMUL_DTYPES}"),
 }

@@ -115,6 +115,13 @@ class StaQConfig(AlgorithmConfig):
         # and its reverse-KL steps onto the stack after each push.
         self.actor_lr = 3e-4
         self.actor_steps_per_iteration = 250
+        # "reverse_kl": every actor step differentiates through the stack;
+        # "weighted_ml": the stack is evaluated once per iteration on a fixed
+        # target set of states and proposal actions (MPO-style), then the steps
+        # fit the weighted samples without it (README, "Continuous actions").
+        self.actor_fit = "reverse_kl"
+        self.weighted_ml_states = 2048
+        self.weighted_ml_actions = 16
         # The EnvRunners' copy of the stack (acting only); "bfloat16" halves the
         # bytes read per env step (README, Performance: "Acting stack dtype").
         self.stack_dtype = "float32"
@@ -155,6 +162,9 @@ class StaQConfig(AlgorithmConfig):
         intra_op_threads: Optional[Union[int, str]] = NotProvided,
         actor_lr: Optional[float] = NotProvided,
         actor_steps_per_iteration: Optional[int] = NotProvided,
+        actor_fit: Optional[str] = NotProvided,
+        weighted_ml_states: Optional[int] = NotProvided,
+        weighted_ml_actions: Optional[int] = NotProvided,
         stack_dtype: Optional[str] = NotProvided,
         fqi_matmul_dtype: Optional[str] = NotProvided,
         **kwargs,
@@ -190,8 +200,17 @@ class StaQConfig(AlgorithmConfig):
                 and in each Learner: "auto" (1, unless ``OMP_NUM_THREADS`` is
                 set), an int >= 1, or None to leave torch's setting alone.
             actor_lr: Box action spaces only: Adam lr of the squashed-Gaussian actor.
-            actor_steps_per_iteration: Box action spaces only: reverse-KL steps
+            actor_steps_per_iteration: Box action spaces only: Adam steps
                 fitting the actor to the stack's energy after each push.
+            actor_fit: Box action spaces only: "reverse_kl" (each step
+                differentiates E_{a~pi_theta}[log pi_theta - xi] through the
+                stack) or "weighted_ml" (one stacked pass per iteration on a
+                fixed target set; the steps maximise the self-normalised
+                importance-weighted log-likelihood of its proposal actions).
+            weighted_ml_states: "weighted_ml" only: states in each iteration's
+                target set (sampled from the replay table).
+            weighted_ml_actions: "weighted_ml" only: proposal actions per state
+                (from the actor before the fit; uniform before the first fit).
             stack_dtype: Storage of the EnvRunners' acting stack: "float32", or
                 "bfloat16" (hidden layers in bf16, output layer and member sum in
                 float32). The learner's stack, its cached next-state sums and the
@@ -221,6 +240,9 @@ class StaQConfig(AlgorithmConfig):
             intra_op_threads=intra_op_threads,
             actor_lr=actor_lr,
             actor_steps_per_iteration=actor_steps_per_iteration,
+            actor_fit=actor_fit,
+            weighted_ml_states=weighted_ml_states,
+            weighted_ml_actions=weighted_ml_actions,
             stack_dtype=stack_dtype,
             fqi_matmul_dtype=fqi_matmul_dtype,
         )

@@ -49,6 +49,9 @@ NON_DEFAULTS = {
     # Box action spaces only (refused for CartPole: the build test leaves them out).
     "actor_lr": 1e-3,
     "actor_steps_per_iteration": 7,
+    "actor_fit": "weighted_ml",
+    "weighted_ml_states": 512,
+    "weighted_ml_actions": 8,
 }
 
 

@@ -13,16 +13,30 @@ or without Tune, with a progress line per iteration and a final greedy evaluatio
 
     python tuned_examples/pendulum_staq.py --no-tune --stop-timesteps=30000
 
+``--actor-fit weighted_ml`` fits the actor MPO-style instead (one stacked pass per
+iteration; README "Continuous actions").
+
 Measured: docs/results_continuous.md.
 """
 
+import functools
+
 from rllib_staq import StaQConfig
 from rllib_staq.cli import example_parser
+from rllib_staq.settings import ACTOR_FITS
 
 parser = example_parser(default_reward=-200.0, default_timesteps=30_000)
+parser.add_argument(
+    "--actor-fit",
+    choices=ACTOR_FITS,
+    default="reverse_kl",
+    help="How the actor is fitted to the stack after each push (default: reverse_kl).",
+)
 
 
-def build_config(num_env_runners: int = 0, seed: int = 0, stack_size: int = 10) -> StaQConfig:
+def build_config(
+    num_env_runners: int = 0, seed: int = 0, stack_size: int = 10, actor_fit: str = "reverse_kl"
+) -> StaQConfig:
     """The tuned Pendulum config (importable by tests without parsing argv)."""
     return (
         StaQConfig()
@@ -47,6 +61,7 @@ def build_config(num_env_runners: int = 0, seed: int = 0, stack_size: int = 10) 
             tau=0.005,
             actor_lr=1e-3,
             actor_steps_per_iteration=250,
+            actor_fit=actor_fit,
             replay_buffer_config={"capacity": 100_000},
         )
         .evaluation(
@@ -63,4 +78,4 @@ def build_config(num_env_runners: int = 0, seed: int = 0, stack_size: int = 10) 
 if __name__ == "__main__":
     from rllib_staq.cli import main
 
-    main(parser, build_config)
+    main(parser, functools.partial(build_config, actor_fit=parser.parse_known_args()[0].actor_fit))

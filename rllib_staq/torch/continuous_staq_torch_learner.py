@@ -8,9 +8,15 @@ For each module, with the new transitions of pi_theta_k:
    one fresh ``a' ~ pi_theta_k(.|s')`` per step (pi_0 uniform at k=0);
 3. push frozen copies of the critics onto the stack (the discrete ring and decays);
 4. fit the actor (warm-started, its own Adam) to ``pi_{k+1} ∝ exp(xi_{k+1})`` with
-   ``actor_steps_per_iteration`` steps on the reverse-KL loss
-   ``E_{a~pi_theta}[log pi_theta(a|s) - xi_{k+1}(s, a)]`` (reparameterised), xi
-   from one batched stacked forward over all S = M*E critics.
+   ``actor_steps_per_iteration`` steps, by ``actor_fit``:
+
+   - "reverse_kl": the loss ``E_{a~pi_theta}[log pi_theta(a|s) - xi_{k+1}(s, a)]``
+     (reparameterised), xi from one batched stacked forward over all S = M*E
+     critics at every step, differentiated in the action;
+   - "weighted_ml" (MPO-style): xi evaluated once, on ``weighted_ml_states``
+     states with ``weighted_ml_actions`` proposal actions each from pi_theta_k;
+     the steps maximise the self-normalised importance-weighted log-likelihood
+     of those actions (the forward KL), without the stack.
 """
 
 from __future__ import annotations
@@ -64,6 +70,10 @@ ACTOR_FIT_TIMER = "actor_fit_timer"
 ACTOR_LOSS_BEFORE_KEY = "actor_loss_before_fit"
 ACTOR_LOSS_AFTER_KEY = "actor_loss_after_fit"
 ACTOR_LOSS_MEAN_KEY = "actor_loss"
+# "weighted_ml" only: Kish's effective sample size of the target set's weights,
+# mean over states (out of weighted_ml_actions; near 1 = the proposal barely
+# covers the target and the fit follows one action per state).
+WEIGHTED_ML_ESS_KEY = "weighted_ml_effective_sample_size"
 
 
 class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
@@ -218,10 +228,9 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
         self.metrics.log_value((module_id, BETA_KEY), beta, window=1)
 
     def _fit_actor(self, module_id: ModuleID, table: TransitionTable) -> None:
-        """``actor_steps_per_iteration`` reverse-KL steps onto exp(xi_{k+1})."""
+        """``actor_steps_per_iteration`` steps of ``actor_fit`` onto exp(xi_{k+1})."""
         config = self._module_config(module_id)
         module = self._unwrapped(module_id)
-        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
         batch_size = config.train_batch_size_per_learner
         # Fixed probe states and noise: the loss there before and after the fit.
         probe_obs = table.gather(table.sample_indices(batch_size, self._generator))[Columns.OBS]
@@ -232,17 +241,10 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
         with torch.no_grad():
             old_mean, old_log_std = module.actor(probe_obs)
             loss_before = self.actor_loss(module, probe_obs, probe_noise).item()
-        losses = torch.zeros(config.actor_steps_per_iteration, device=self.device)
-        for step in range(config.actor_steps_per_iteration):
-            obs = table.gather(table.sample_indices(batch_size, self._generator))[Columns.OBS]
-            noise = torch.randn(
-                batch_size, module.action_dim, generator=self._generator, device=self.device
-            )
-            loss = self.actor_loss(module, obs, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
+        if config.actor_fit == "weighted_ml":
+            losses = self._weighted_ml_steps(module_id, table, first_fit)
+        else:
+            losses = self._reverse_kl_steps(module_id, table)
         module.num_actor_fits += 1
         with torch.no_grad():
             loss_after = self.actor_loss(module, probe_obs, probe_noise).item()
@@ -262,6 +264,104 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
         log((module_id, ACTOR_LOSS_MEAN_KEY), losses.mean().item(), window=1)
         log((module_id, KL_NEW_OLD_KEY), kl, window=1)
         log((module_id, POLICY_ENTROPY_KEY), -log_prob.mean().item(), window=1)
+
+    def _reverse_kl_steps(self, module_id: ModuleID, table: TransitionTable) -> torch.Tensor:
+        """Reverse-KL Adam steps through the stack (fresh states and noise): ``[steps]`` losses."""
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
+        batch_size = config.train_batch_size_per_learner
+        losses = torch.zeros(config.actor_steps_per_iteration, device=self.device)
+        for step in range(config.actor_steps_per_iteration):
+            obs = table.gather(table.sample_indices(batch_size, self._generator))[Columns.OBS]
+            noise = torch.randn(
+                batch_size, module.action_dim, generator=self._generator, device=self.device
+            )
+            loss = self.actor_loss(module, obs, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step] = loss.detach()
+        return losses
+
+    def _weighted_ml_steps(
+        self, module_id: ModuleID, table: TransitionTable, first_fit: bool
+    ) -> torch.Tensor:
+        """MPO-style steps on one fixed, weighted target set: losses ``[steps]``.
+
+        The stack runs once per iteration, forward only, on ``n*N`` state-action
+        pairs; the steps then cost an actor forward and backward each. The
+        proposal is pi_theta_k (uniform on the box before the first fit), so the
+        weights correct from the previous policy to the new target.
+        """
+        config = self._module_config(module_id)
+        module = self._unwrapped(module_id)
+        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
+        num_states, batch_size = config.weighted_ml_states, config.train_batch_size_per_learner
+        obs = table.gather(table.sample_indices(num_states, self._generator))[Columns.OBS]
+        with torch.no_grad():
+            pre_tanh, proposal_log_prob = self._proposal_actions(
+                module, obs, config.weighted_ml_actions, uniform=first_fit
+            )  # [n, N, d], [n, N]
+            energy = self._energy_in_chunks(module, obs, torch.tanh(pre_tanh), batch_size)
+            weights = pmd.self_normalised_weights(energy, proposal_log_prob)  # [n, N]
+        self.metrics.log_value(
+            (module_id, WEIGHTED_ML_ESS_KEY),
+            pmd.effective_sample_size(weights).mean().item(),
+            window=1,
+        )
+        losses = torch.zeros(config.actor_steps_per_iteration, device=self.device)
+        for step in range(config.actor_steps_per_iteration):
+            rows = torch.randint(
+                num_states, (batch_size,), generator=self._generator, device=self.device
+            )
+            mean, log_std = module.actor(obs[rows])
+            loss = pmd.weighted_ml_actor_loss(weights[rows], pre_tanh[rows], mean, log_std)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step] = loss.detach()
+        return losses
+
+    def _proposal_actions(
+        self, module, obs: torch.Tensor, num_actions: int, uniform: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``num_actions`` pre-tanh samples per state and their log density as actions.
+
+        From the actor (``a = tanh(u)``, squashed density), or uniform on the box:
+        ``a ~ U(-1, 1)^d`` kept inside ``|a| <= 1 - 1e-6`` so ``u = atanh(a)`` is finite.
+        Returns ``u`` ``[n, N, d]`` and ``log q(a)`` ``[n, N]``.
+        """
+        shape = (obs.shape[0], num_actions, module.action_dim)
+        if uniform:
+            actions = torch.rand(shape, generator=self._generator, device=self.device) * 2 - 1
+            pre_tanh = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+            return pre_tanh, pmd.uniform_box_log_prob(shape, device=self.device)
+        mean, log_std = module.actor(obs)
+        noise = torch.randn(shape, generator=self._generator, device=self.device)
+        pre_tanh, log_prob = pmd.gaussian_rsample(
+            mean.unsqueeze(1).expand(shape), log_std.unsqueeze(1).expand(shape), noise
+        )
+        return pre_tanh, log_prob - pmd.log_one_minus_tanh_squared(pre_tanh).sum(-1)
+
+    @staticmethod
+    def _energy_in_chunks(
+        module, obs: torch.Tensor, actions: torch.Tensor, states_per_chunk: int
+    ) -> torch.Tensor:
+        """xi_{k+1} of ``actions`` ``[n, N, d]`` at their states ``obs`` ``[n, D]``: ``[n, N]``.
+
+        In chunks of ``states_per_chunk`` states, so the batched stacked forward's
+        ``[S, chunk*N, H]`` features stay bounded at large M.
+        """
+        num_actions = actions.shape[1]
+        chunks = []
+        for start in range(0, obs.shape[0], states_per_chunk):
+            chunk_obs = obs[start : start + states_per_chunk]
+            chunk_actions = actions[start : start + states_per_chunk]
+            repeated_obs = chunk_obs.repeat_interleave(num_actions, dim=0)
+            energy = module.stack_energy(repeated_obs, chunk_actions.reshape(-1, actions.shape[-1]))
+            chunks.append(energy.view(-1, num_actions))
+        return torch.cat(chunks)
 
     @staticmethod
     def actor_loss(module, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
