@@ -481,12 +481,40 @@ def set_quadratic_critics(module, members):
             critic.head.bias.zero_()
 
 
-def push_quadratic_critics(learner, module, k, alpha, beta, stack_size):
+BANDIT_KL_COEFF, BANDIT_TAU, BANDIT_STACK_SIZE = 1.0, 0.5, 3
+
+
+def build_bandit_learner(**training):
+    """One state, one action dimension, E=2 critics of one hidden unit each (activation x^2)."""
+    torch.manual_seed(0)  # the actor's initial weights
+    learner, module = build_box_learner(
+        1,
+        1,
+        (16,),
+        stack_size=BANDIT_STACK_SIZE,
+        num_q_networks=2,
+        entropy_coeff=BANDIT_TAU,
+        scale_entropy_by_log_actions=False,
+        kl_coeff=BANDIT_KL_COEFF,
+        actor_lr=1e-3,
+        actor_steps_per_iteration=300,
+        **training,
+    )
+    module.activation = Square()  # the stacked forward's activation: h = (a - m)^2
+    add_zero_transitions(learner, 64, obs_dim=1, action_dim=1)
+    return learner, module
+
+
+def push_quadratic_critics(learner, module, k):
     """Pushes BANDIT_PUSHES[k] through the learner; returns the hand-computed xi_{k+1}(a).
 
     xi_{k+1}(a) = sum_i w_i mean_e -q_{k-i,e} (a - m_{k-i,e})^2 with the closed-form
-    weights w_i = alpha beta^i / (1 - beta^M); checked against the stack's energy.
+    weights w_i = alpha beta^i / (1 - beta^M), by hand from Eq. 5 and 7:
+    beta = kl/(kl+tau), alpha = 1/(kl+tau); checked against the stack's energy.
     """
+    alpha = 1.0 / (BANDIT_KL_COEFF + BANDIT_TAU)
+    beta = BANDIT_KL_COEFF / (BANDIT_KL_COEFF + BANDIT_TAU)
+    stack_size = BANDIT_STACK_SIZE
     set_quadratic_critics(module, BANDIT_PUSHES[k])
     learner._push(MODULE_ID)
     weights = [alpha * beta**i / (1.0 - beta**stack_size) for i in range(min(k + 1, stack_size))]
@@ -524,27 +552,9 @@ def test_actor_fit_decreases_the_quadrature_kl_to_the_stack_target():
     below 0.075 nats in absolute terms (from 0.15-0.85 at the start of a fit).
     The lr is the tuned Pendulum example's actor_lr.
     """
-    torch.manual_seed(0)  # the actor's initial weights
-    kl_coeff, tau, stack_size = 1.0, 0.5, 3
-    learner, module = build_box_learner(
-        1,
-        1,
-        (16,),
-        stack_size=stack_size,
-        num_q_networks=2,
-        entropy_coeff=tau,
-        scale_entropy_by_log_actions=False,
-        kl_coeff=kl_coeff,
-        actor_lr=1e-3,
-        actor_steps_per_iteration=300,
-        train_batch_size_per_learner=1024,
-    )
-    module.activation = Square()  # the stacked forward's activation: h = (a - m)^2
-    add_zero_transitions(learner, 64, obs_dim=1, action_dim=1)
+    learner, module = build_bandit_learner(train_batch_size_per_learner=1024)
     table = learner._table(MODULE_ID)
     optimizer = learner.get_optimizer(MODULE_ID, "actor")
-    # By hand (Eq. 5 and 7): beta = kl/(kl+tau), alpha = 1/(kl+tau), c = 1/(1-beta^M).
-    alpha, beta = 1.0 / (kl_coeff + tau), kl_coeff / (kl_coeff + tau)
     obs = torch.zeros(1, 1)
 
     def actor_kl(energy):
@@ -553,7 +563,7 @@ def test_actor_fit_decreases_the_quadrature_kl_to_the_stack_target():
         return float(quadrature_kl_to_energy(mean.double().sum(), log_std.double().sum(), energy))
 
     for k in range(len(BANDIT_PUSHES)):
-        energy = push_quadratic_critics(learner, module, k, alpha, beta, stack_size)
+        energy = push_quadratic_critics(learner, module, k)
         kls = [actor_kl(energy)]
         hook = optimizer.register_step_post_hook(
             lambda *_, kls=kls, energy=energy: kls.append(actor_kl(energy))
@@ -648,31 +658,16 @@ def test_weighted_ml_fit_tracks_the_stack_target():
     near the forward-KL optimum by quadrature and close the reverse KL to within
     WEIGHTED_ML_EXCESS_KL of the best tanh-Gaussian's.
     """
-    torch.manual_seed(0)
-    kl_coeff, tau, stack_size = 1.0, 0.5, 3
-    learner, module = build_box_learner(
-        1,
-        1,
-        (16,),
-        stack_size=stack_size,
-        num_q_networks=2,
-        entropy_coeff=tau,
-        scale_entropy_by_log_actions=False,
-        kl_coeff=kl_coeff,
-        actor_lr=1e-3,
-        actor_steps_per_iteration=300,
+    learner, module = build_bandit_learner(
         train_batch_size_per_learner=256,
         actor_fit="weighted_ml",
         weighted_ml_states=2048,
         weighted_ml_actions=16,
     )
-    module.activation = Square()
-    add_zero_transitions(learner, 64, obs_dim=1, action_dim=1)
     table = learner._table(MODULE_ID)
-    alpha, beta = 1.0 / (kl_coeff + tau), kl_coeff / (kl_coeff + tau)
     obs = torch.zeros(1, 1)
     for k in range(len(BANDIT_PUSHES)):
-        energy = push_quadratic_critics(learner, module, k, alpha, beta, stack_size)
+        energy = push_quadratic_critics(learner, module, k)
         learner._fit_actor(MODULE_ID, table)
         with torch.no_grad():
             mean, log_std = (t.double().sum() for t in module.actor(obs))

@@ -22,7 +22,7 @@ For each module, with the new transitions of pi_theta_k:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from ray.rllib.core.columns import Columns
@@ -267,22 +267,17 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
 
     def _reverse_kl_steps(self, module_id: ModuleID, table: TransitionTable) -> torch.Tensor:
         """Reverse-KL Adam steps through the stack (fresh states and noise): ``[steps]`` losses."""
-        config = self._module_config(module_id)
         module = self._unwrapped(module_id)
-        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
-        batch_size = config.train_batch_size_per_learner
-        losses = torch.zeros(config.actor_steps_per_iteration, device=self.device)
-        for step in range(config.actor_steps_per_iteration):
+        batch_size = self._module_config(module_id).train_batch_size_per_learner
+
+        def next_loss() -> torch.Tensor:
             obs = table.gather(table.sample_indices(batch_size, self._generator))[Columns.OBS]
             noise = torch.randn(
                 batch_size, module.action_dim, generator=self._generator, device=self.device
             )
-            loss = self.actor_loss(module, obs, noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
-        return losses
+            return self.actor_loss(module, obs, noise)
+
+        return self._actor_adam_steps(module_id, next_loss)
 
     def _weighted_ml_steps(
         self, module_id: ModuleID, table: TransitionTable, first_fit: bool
@@ -296,7 +291,6 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
         """
         config = self._module_config(module_id)
         module = self._unwrapped(module_id)
-        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
         num_states, batch_size = config.weighted_ml_states, config.train_batch_size_per_learner
         obs = table.gather(table.sample_indices(num_states, self._generator))[Columns.OBS]
         with torch.no_grad():
@@ -310,13 +304,26 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
             pmd.effective_sample_size(weights).mean().item(),
             window=1,
         )
-        losses = torch.zeros(config.actor_steps_per_iteration, device=self.device)
-        for step in range(config.actor_steps_per_iteration):
+
+        def next_loss() -> torch.Tensor:
             rows = torch.randint(
                 num_states, (batch_size,), generator=self._generator, device=self.device
             )
             mean, log_std = module.actor(obs[rows])
-            loss = pmd.weighted_ml_actor_loss(weights[rows], pre_tanh[rows], mean, log_std)
+            return pmd.weighted_ml_actor_loss(weights[rows], pre_tanh[rows], mean, log_std)
+
+        return self._actor_adam_steps(module_id, next_loss)
+
+    def _actor_adam_steps(
+        self, module_id: ModuleID, next_loss: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """``actor_steps_per_iteration`` actor Adam steps on ``next_loss()``: ``[steps]`` losses."""
+        optimizer = self.get_optimizer(module_id, ACTOR_OPTIMIZER)
+        losses = torch.zeros(
+            self._module_config(module_id).actor_steps_per_iteration, device=self.device
+        )
+        for step in range(losses.shape[0]):
+            loss = next_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
