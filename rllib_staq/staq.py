@@ -112,7 +112,7 @@ class StaQConfig(AlgorithmConfig):
         # OMP_NUM_THREADS chooses (rllib_staq/threads.py says why).
         self.intra_op_threads = "auto"
         # Box action spaces only (rllib_staq/continuous.py): the actor's Adam lr
-        # and its reverse-KL steps onto the stack after each push.
+        # and its steps onto the stack after each push.
         self.actor_lr = 3e-4
         self.actor_steps_per_iteration = 250
         # "reverse_kl": every actor step differentiates through the stack;
