@@ -12,13 +12,16 @@ does not depend on M) and the actor's acting forward at batch 1 (M-free: the
 EnvRunners hold only the actor). Prints milliseconds (median of the repeats).
 
 ``--fits`` also times one whole actor fit per iteration through the learner
-(``ContinuousStaQTorchLearner._fit_actor``, 250 steps of batch 256) with each
+(``ContinuousStaQTorchLearner._fit_actor``, with ``tuned_examples/pendulum_staq.py``'s
+settings: 250 steps of batch 256) with each
 ``actor_fit``: "reverse_kl" (the stack at every step) against "weighted_ml" (the
 stack once, on 2048 states x 16 proposal actions), side by side with their ratio.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import gymnasium as gym
@@ -107,27 +110,16 @@ def measure(stack_size: int, device: str, batch: int, repeats: int):
 
 
 def fit_seconds(stack_size: int, actor_fit: str, repeats: int) -> float:
-    """Median seconds of one whole actor fit (the learner's own, Pendulum shapes)."""
+    """Median seconds of one whole actor fit: the learner's own, with the tuned Pendulum
+    example's settings (250 actor steps of batch 256, 2x256 networks, E=2)."""
     from ray.rllib.core.columns import Columns
 
-    from rllib_staq import StaQConfig
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tuned_examples"))
+    from pendulum_staq import build_config
 
     obs_space = gym.spaces.Box(-8, 8, (3,), np.float32)
     action_space = gym.spaces.Box(-2, 2, (1,), np.float32)
-    config = (
-        StaQConfig()
-        .environment(observation_space=obs_space, action_space=action_space)
-        .rl_module(model_config={"fcnet_hiddens": [256, 256]})
-        .training(
-            stack_size=stack_size,
-            entropy_coeff=0.1,
-            kl_coeff=0.5,
-            actor_steps_per_iteration=250,
-            train_batch_size_per_learner=256,
-            actor_fit=actor_fit,
-        )
-        .debugging(seed=0)
-    )
+    config = build_config(stack_size=stack_size, actor_fit=actor_fit)
     learner = config.build_learner(spaces={"default_policy": (obs_space, action_space)})
     learner.before_gradient_based_update(timesteps={})
     num = 10_000
