@@ -18,6 +18,16 @@ read from the Ray repository's example scripts and written out here as settings:
   init, a 0.01-gain orthogonal head, initial alpha 1.001, actor/critic/alpha lr 2e-4 / 8e-4 /
   9e-4, n-step 2-5, tau 0.005 every step, batch 256, prioritised replay 100k with alpha 1.0 /
   beta 0.0, learning after 256 steps), RLlib's only MountainCar-v0 setting.
+- SAC (continuous), Pendulum-v1: ``rllib/tuned_examples/sac/pendulum_sac.py``, the same
+  network and training settings as the MountainCar one without the discrete mode's fusion
+  net; RLlib's default one env step per sampling round, so one batch of 256 per env step.
+- PPO, Pendulum-v1: ``rllib/tuned_examples/ppo/pendulum_ppo.py`` (lr 3e-4, lambda 0.1,
+  vf_clip_param 10, 6 epochs, RLlib's default 2x256 network with relu, 10 vector envs per
+  EnvRunner). Its batch is RLlib's default 4000 env steps, so ``--eval-every`` must be a
+  multiple of 4000 with it.
+
+Pendulum-v1 has Box actions: StaQ runs its continuous module there (``pendulum_staq.py``), and
+DQN, which has no continuous mode, is refused (:func:`algos_for_env`).
 
 RLlib has no tuned settings for the other (algorithm, env) pairs: Acrobot-v1, LunarLander-v3,
 DQN and PPO on MountainCar-v0, and the MinAtar games (its image examples,
@@ -64,7 +74,10 @@ STAQ_EXAMPLES: dict[str, str] = {
     "LunarLander-v3": "lunarlander_staq",
     "MountainCar-v0": "mountaincar_staq",
     **{minatar_env_name(game): "minatar_staq" for game in MINATAR_GAMES},
+    "Pendulum-v1": "pendulum_staq",
 }
+# Envs with Box actions: StaQ's continuous module, and no DQN (it has no continuous mode).
+CONTINUOUS_ENVS = ("Pendulum-v1",)
 # MinAtar env id -> game (the argument of minatar_staq.build_config).
 MINATAR_ENVS: dict[str, str] = {minatar_env_name(game): game for game in MINATAR_GAMES}
 ENVS = tuple(STAQ_EXAMPLES)
@@ -77,6 +90,7 @@ THRESHOLDS: dict[str, float] = {
     "LunarLander-v3": 200.0,
     "MountainCar-v0": -150.0,
     **{minatar_env_name(game): target for game, target in MINATAR_TARGET_RETURNS.items()},
+    "Pendulum-v1": -200.0,
 }
 
 # env -> (module, extra) that env needs beyond the core install.
@@ -165,7 +179,21 @@ def sac_discrete_cartpole(env: str) -> AlgorithmConfig:
     )
 
 
-def sac_discrete_mountaincar(env: str) -> AlgorithmConfig:
+# RLlib's 2x256 SAC network of its Pendulum and MountainCar examples: xavier-initialised relu
+# layers and a 0.01-gain orthogonal head.
+SAC_256_MODEL = {
+    "fcnet_hiddens": [256, 256],
+    "fcnet_activation": "relu",
+    "head_fcnet_hiddens": [],
+    "head_fcnet_activation": None,
+    "head_fcnet_kernel_initializer": "orthogonal_",
+    "head_fcnet_kernel_initializer_kwargs": {"gain": 0.01},
+}
+
+
+def sac_pendulum(env: str) -> AlgorithmConfig:
+    """RLlib's Pendulum SAC (continuous actions); its network and training settings are also
+    those of its discrete MountainCar example."""
     from ray.rllib.algorithms.sac import SACConfig
     from torch import nn
 
@@ -173,17 +201,7 @@ def sac_discrete_mountaincar(env: str) -> AlgorithmConfig:
         SACConfig()
         .environment(env)
         .rl_module(
-            model_config={
-                "fcnet_hiddens": [256, 256],
-                "fcnet_activation": "relu",
-                "fcnet_kernel_initializer": nn.init.xavier_uniform_,
-                "head_fcnet_hiddens": [],
-                "head_fcnet_activation": None,
-                "head_fcnet_kernel_initializer": "orthogonal_",
-                "head_fcnet_kernel_initializer_kwargs": {"gain": 0.01},
-                "fusionnet_hiddens": [256, 256, 256],
-                "fusionnet_activation": "relu",
-            }
+            model_config={**SAC_256_MODEL, "fcnet_kernel_initializer": nn.init.xavier_uniform_}
         )
         .training(
             initial_alpha=1.001,
@@ -204,6 +222,31 @@ def sac_discrete_mountaincar(env: str) -> AlgorithmConfig:
             },
             num_steps_sampled_before_learning_starts=256,
         )
+    )
+
+
+def sac_discrete_mountaincar(env: str) -> AlgorithmConfig:
+    """The Pendulum SAC settings with the discrete mode's 3x256 fusion net."""
+    config = sac_pendulum(env)
+    return config.rl_module(
+        model_config={
+            **config.model_config,
+            "fusionnet_hiddens": [256, 256, 256],
+            "fusionnet_activation": "relu",
+        }
+    )
+
+
+def ppo_pendulum(env: str) -> AlgorithmConfig:
+    """RLlib's Pendulum PPO: RLlib's default 2x256 network with relu."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    return (
+        PPOConfig()
+        .environment(env)
+        .env_runners(num_envs_per_env_runner=10)
+        .training(lr=3e-4, lambda_=0.1, vf_clip_param=10.0, num_epochs=6)
+        .rl_module(model_config={"fcnet_activation": "relu"})
     )
 
 
@@ -249,6 +292,14 @@ TUNED_BASELINES = {
         "RLlib's MountainCar-v0 SAC (discrete) example "
         "(rllib/examples/algorithms/sac/mountaincar_sac.py)",
     ),
+    ("SAC", "Pendulum-v1"): (
+        sac_pendulum,
+        "RLlib's Pendulum-v1 SAC tuned example (rllib/tuned_examples/sac/pendulum_sac.py)",
+    ),
+    ("PPO", "Pendulum-v1"): (
+        ppo_pendulum,
+        "RLlib's Pendulum-v1 PPO tuned example (rllib/tuned_examples/ppo/pendulum_ppo.py)",
+    ),
 }
 
 
@@ -266,8 +317,19 @@ def fallback_source(algo: str, env: str) -> str:
 
 # (algorithm, env) -> (builder, where its settings come from)
 BASELINES: dict[tuple[str, str], tuple[Callable[[str], AlgorithmConfig], str]] = {}
+
+
+def algos_for_env(env: str) -> tuple[str, ...]:
+    """The algorithms with a preset on ``env``: all of them, less DQN on a continuous env."""
+    if env in CONTINUOUS_ENVS:
+        return tuple(algo for algo in ALGOS if algo != "DQN")
+    return ALGOS
+
+
 for _env in ENVS:
     for _algo in BASELINE_ALGOS:
+        if _algo not in algos_for_env(_env):
+            continue
         if (_algo, _env) in TUNED_BASELINES:
             BASELINES[(_algo, _env)] = TUNED_BASELINES[(_algo, _env)]
         elif _env in MINATAR_ENVS:
@@ -288,6 +350,12 @@ def check_names(algos, envs) -> None:
                 f"Unknown env {env!r}: allowed envs are {list(ENVS)} "
                 "(or pass --config-module with your own configs)"
             )
+        for algo in algos:
+            if algo not in algos_for_env(env):
+                raise ValueError(
+                    f"{algo} has no preset on {env}: it has continuous actions and {algo} "
+                    f"discrete ones only; allowed algorithms there are {list(algos_for_env(env))}"
+                )
 
 
 def load_tuned_example(name: str):

@@ -81,9 +81,9 @@ def test_evaluation_schedule_must_fit_every_algorithm():
     assert dqn.train_batch_size_per_learner == 32 and dqn.n_step == (2, 5)
 
 
-def test_presets_build_the_discrete_baselines():
-    for algo in presets.ALGOS:
-        for env in presets.ENVS:
+def test_presets_build_the_baselines_of_every_env():
+    for env in presets.ENVS:
+        for algo in presets.algos_for_env(env):
             config = presets.preset_config(algo, env)
             assert config.env == env
             assert type(config).__name__ == f"{algo}Config"
@@ -105,7 +105,7 @@ def test_every_preset_validates_and_its_module_acts_on_the_env():
         environment = compare.make_env(env)
         obs, _ = environment.reset(seed=0)
         batch = {"obs": torch.as_tensor(np.stack([obs, obs]))}
-        for algo in presets.BASELINE_ALGOS:
+        for algo in presets.algos_for_env(env)[1:]:  # the baselines
             config = presets.preset_config(algo, env)
             config.validate()
             module = config.get_rl_module_spec(env=environment).build()
@@ -113,6 +113,9 @@ def test_every_preset_validates_and_its_module_acts_on_the_env():
                 out = module.forward_inference(batch)
             if algo == "DQN":
                 assert out["actions"].shape == (2,), (algo, env)
+            elif env in presets.CONTINUOUS_ENVS:  # a Gaussian's mean and log-std per dimension
+                width = 2 * environment.action_space.shape[0]
+                assert out["action_dist_inputs"].shape == (2, width), (algo, env)
             else:
                 assert out["action_dist_inputs"].shape == (2, environment.action_space.n)
         environment.close()
@@ -148,7 +151,7 @@ def test_minatar_baselines_get_the_staq_cnn_and_keep_the_cartpole_training_setti
 
 def test_preset_sources_say_which_settings_and_where_they_were_not_tuned():
     for env in presets.ENVS:
-        for algo in presets.BASELINE_ALGOS:
+        for algo in presets.algos_for_env(env)[1:]:
             source = presets.preset_source(algo, env)
             assert "rllib/" in source, source  # the Ray file the settings were read from
             tuned = (algo, env) in presets.TUNED_BASELINES
@@ -173,12 +176,34 @@ def test_preset_sources_say_which_settings_and_where_they_were_not_tuned():
     assert sac.replay_buffer_config["alpha"] == 1.0 and sac.train_batch_size_per_learner == 256
 
 
+def test_pendulum_presets_are_rllibs_continuous_examples_and_dqn_is_refused():
+    assert presets.algos_for_env("Pendulum-v1") == ("StaQ", "PPO", "SAC")
+    sac = presets.preset_config("SAC", "Pendulum-v1")
+    assert (sac.actor_lr, sac.critic_lr, sac.alpha_lr, sac.n_step) == (2e-4, 8e-4, 9e-4, (2, 5))
+    assert "fusionnet_hiddens" not in sac.model_config  # the discrete mode's net only
+    assert presets.preset_config("SAC", "MountainCar-v0").model_config == {
+        **sac.model_config,
+        "fusionnet_hiddens": [256, 256, 256],
+        "fusionnet_activation": "relu",
+    }
+    ppo = presets.preset_config("PPO", "Pendulum-v1")
+    assert (ppo.lambda_, ppo.vf_clip_param, ppo.num_epochs) == (0.1, 10.0, 6)
+    staq = presets.preset_config("StaQ", "Pendulum-v1")
+    assert staq.stack_size == 10 and staq.env == "Pendulum-v1"
+    with pytest.raises(
+        ValueError, match=r"DQN has no preset on Pendulum-v1.*\['StaQ', 'PPO', 'SAC'\]"
+    ):
+        presets.check_names(["DQN"], ["Pendulum-v1"])
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--env", "Pendulum-v1", "--algos", "StaQ", "DQN", "--out", "x"])
+
+
 def test_thresholds_are_the_tuned_examples_targets():
     assert set(presets.THRESHOLDS) == set(presets.ENVS)
     minatar = presets.load_tuned_example("minatar_staq")
     for game, target in minatar.TARGET_RETURNS.items():
         assert presets.THRESHOLDS[envs.minatar_env_name(game)] == target
-    for env in ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "MountainCar-v0"):
+    for env in ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "MountainCar-v0", "Pendulum-v1"):
         parser = presets.load_tuned_example(presets.STAQ_EXAMPLES[env]).parser
         assert presets.THRESHOLDS[env] == parser.get_default("stop_reward"), env
     assert presets.THRESHOLDS["LunarLander-v3"] == 200.0
