@@ -30,9 +30,10 @@ BOX_ONLY_DEFAULTS: Dict[str, Any] = {
     "actor_fit": "reverse_kl",
     "weighted_ml_states": 2048,
     "weighted_ml_actions": 16,
+    "weighted_ml_uniform_fraction": 0.0,
 }
 # Settings of one actor fit only: refused under the other unless at their default.
-WEIGHTED_ML_ONLY = ("weighted_ml_states", "weighted_ml_actions")
+WEIGHTED_ML_ONLY = ("weighted_ml_states", "weighted_ml_actions", "weighted_ml_uniform_fraction")
 # Settings without a meaning for a Box action space: refused there unless left at
 # their default, with the reason.
 DISCRETE_ONLY_REASONS: Dict[str, Tuple[Any, str]] = {

@@ -440,6 +440,22 @@ def self_normalised_weights(energy: Tensor, proposal_log_prob: Tensor) -> Tensor
     return torch.softmax(energy - proposal_log_prob, dim=-1)
 
 
+def defensive_mixture_log_prob(
+    policy_log_prob: Tensor, uniform_log_prob: Tensor, uniform_fraction: float
+) -> Tensor:
+    """``log q(a)`` of the proposal ``q = (1 - lam) pi_theta + lam U(box)``: ``[...] -> [...]``.
+
+    Defensive importance sampling (Hesterberg 1995): the uniform part bounds the
+    weights ``exp(xi) / q <= exp(xi) / (lam U)`` where pi_{k+1} has moved away
+    from pi_theta_k, which otherwise sees few samples there and shrinks the fitted
+    spread. ``lam`` in (0, 1); ``lam = 0`` is the plain proposal (no mixture).
+    """
+    return torch.logaddexp(
+        math.log1p(-uniform_fraction) + policy_log_prob,
+        math.log(uniform_fraction) + uniform_log_prob,
+    )
+
+
 def effective_sample_size(weights: Tensor) -> Tensor:
     """Kish's ``1 / sum_j w_j^2`` per state: ``[n, N] -> [n]`` (N if uniform, 1 if degenerate)."""
     return 1.0 / (weights**2).sum(-1)

@@ -124,6 +124,11 @@ SETTING_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
         lambda v: _is_int_at_least_one(v) and v >= 2,
         "an int >= 2 (with 1 every weight is 1 and the fit copies the proposal)",
     ),
+    # 1 would ignore the actor: the fit could not sharpen beyond what uniform samples show.
+    "weighted_ml_uniform_fraction": (
+        lambda v: _is_number(v) and 0.0 <= v < 1.0,
+        "a number in [0, 1) (the expected share of uniform proposal actions)",
+    ),
     "stack_dtype": (lambda v: v in STACK_DTYPES, f"one of {STACK_DTYPES}"),
     "fqi_matmul_dtype": (lambda v: v in FQI_MATMUL_DTYPES, f"one of {FQI_MATMUL_DTYPES}"),
 }

@@ -122,6 +122,9 @@ class StaQConfig(AlgorithmConfig):
         self.actor_fit = "reverse_kl"
         self.weighted_ml_states = 2048
         self.weighted_ml_actions = 16
+        # Share of those proposal actions drawn uniformly on the box (defensive
+        # importance sampling); 0 = all from pi_theta_k.
+        self.weighted_ml_uniform_fraction = 0.0
         # The EnvRunners' copy of the stack (acting only); "bfloat16" halves the
         # bytes read per env step (README, Performance: "Acting stack dtype").
         self.stack_dtype = "float32"
@@ -165,6 +168,7 @@ class StaQConfig(AlgorithmConfig):
         actor_fit: Optional[str] = NotProvided,
         weighted_ml_states: Optional[int] = NotProvided,
         weighted_ml_actions: Optional[int] = NotProvided,
+        weighted_ml_uniform_fraction: Optional[float] = NotProvided,
         stack_dtype: Optional[str] = NotProvided,
         fqi_matmul_dtype: Optional[str] = NotProvided,
         **kwargs,
@@ -211,6 +215,10 @@ class StaQConfig(AlgorithmConfig):
                 target set (sampled from the replay table).
             weighted_ml_actions: "weighted_ml" only: proposal actions per state
                 (from the actor before the fit; uniform before the first fit).
+            weighted_ml_uniform_fraction: "weighted_ml" only: in [0, 1), the
+                expected share of proposal actions drawn uniformly on the box
+                instead of from the actor (a defensive mixture proposal, its
+                density in the weights); 0 draws all from the actor.
             stack_dtype: Storage of the EnvRunners' acting stack: "float32", or
                 "bfloat16" (hidden layers in bf16, output layer and member sum in
                 float32). The learner's stack, its cached next-state sums and the
@@ -243,6 +251,7 @@ class StaQConfig(AlgorithmConfig):
             actor_fit=actor_fit,
             weighted_ml_states=weighted_ml_states,
             weighted_ml_actions=weighted_ml_actions,
+            weighted_ml_uniform_fraction=weighted_ml_uniform_fraction,
             stack_dtype=stack_dtype,
             fqi_matmul_dtype=fqi_matmul_dtype,
         )

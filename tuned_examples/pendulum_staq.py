@@ -14,7 +14,8 @@ or without Tune, with a progress line per iteration and a final greedy evaluatio
     python tuned_examples/pendulum_staq.py --no-tune --stop-timesteps=30000
 
 ``--actor-fit weighted_ml`` fits the actor MPO-style instead (one stacked pass per
-iteration; README "Continuous actions").
+iteration; README "Continuous actions"); ``--weighted-ml-uniform-fraction 0.25`` mixes a
+quarter of uniform actions into its proposal.
 
 Measured: docs/results_continuous.md.
 """
@@ -32,13 +33,23 @@ parser.add_argument(
     default="reverse_kl",
     help="How the actor is fitted to the stack after each push (default: reverse_kl).",
 )
+parser.add_argument(
+    "--weighted-ml-uniform-fraction",
+    type=float,
+    default=None,
+    help="With --actor-fit weighted_ml: share of proposal actions drawn uniformly (default 0).",
+)
 
 
 def build_config(
-    num_env_runners: int = 0, seed: int = 0, stack_size: int = 10, actor_fit: str = "reverse_kl"
+    num_env_runners: int = 0,
+    seed: int = 0,
+    stack_size: int = 10,
+    actor_fit: str = "reverse_kl",
+    weighted_ml_uniform_fraction: float | None = None,
 ) -> StaQConfig:
     """The tuned Pendulum config (importable by tests without parsing argv)."""
-    return (
+    config = (
         StaQConfig()
         .environment("Pendulum-v1")
         .env_runners(num_env_runners=num_env_runners)
@@ -73,9 +84,20 @@ def build_config(
         )
         .debugging(seed=seed)
     )
+    if weighted_ml_uniform_fraction is not None:  # else StaQ's default, which validate() checks
+        config.training(weighted_ml_uniform_fraction=weighted_ml_uniform_fraction)
+    return config
 
 
 if __name__ == "__main__":
     from rllib_staq.cli import main
 
-    main(parser, functools.partial(build_config, actor_fit=parser.parse_known_args()[0].actor_fit))
+    known = parser.parse_known_args()[0]
+    main(
+        parser,
+        functools.partial(
+            build_config,
+            actor_fit=known.actor_fit,
+            weighted_ml_uniform_fraction=known.weighted_ml_uniform_fraction,
+        ),
+    )

@@ -295,7 +295,11 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
         obs = table.gather(table.sample_indices(num_states, self._generator))[Columns.OBS]
         with torch.no_grad():
             pre_tanh, proposal_log_prob = self._proposal_actions(
-                module, obs, config.weighted_ml_actions, uniform=first_fit
+                module,
+                obs,
+                config.weighted_ml_actions,
+                uniform=first_fit,
+                uniform_fraction=config.weighted_ml_uniform_fraction,
             )  # [n, N, d], [n, N]
             energy = self._energy_in_chunks(module, obs, torch.tanh(pre_tanh), batch_size)
             weights = pmd.self_normalised_weights(energy, proposal_log_prob)  # [n, N]
@@ -331,25 +335,53 @@ class ContinuousStaQTorchLearner(StaQTorchLearnerBase):
         return losses
 
     def _proposal_actions(
-        self, module, obs: torch.Tensor, num_actions: int, uniform: bool
+        self,
+        module,
+        obs: torch.Tensor,
+        num_actions: int,
+        uniform: bool,
+        uniform_fraction: float = 0.0,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``num_actions`` pre-tanh samples per state and their log density as actions.
 
-        From the actor (``a = tanh(u)``, squashed density), or uniform on the box:
-        ``a ~ U(-1, 1)^d`` kept inside ``|a| <= 1 - 1e-6`` so ``u = atanh(a)`` is finite.
+        From the actor (``a = tanh(u)``, squashed density), or uniform on the box
+        (``uniform``, before the first fit), or from the defensive mixture
+        ``(1 - uniform_fraction) pi_theta + uniform_fraction U`` (each action
+        uniform with that probability; its density is the mixture's).
         Returns ``u`` ``[n, N, d]`` and ``log q(a)`` ``[n, N]``.
         """
         shape = (obs.shape[0], num_actions, module.action_dim)
         if uniform:
-            actions = torch.rand(shape, generator=self._generator, device=self.device) * 2 - 1
-            pre_tanh = torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
-            return pre_tanh, pmd.uniform_box_log_prob(shape, device=self.device)
+            return self._uniform_pre_tanh(shape), pmd.uniform_box_log_prob(
+                shape, device=self.device
+            )
         mean, log_std = module.actor(obs)
+        mean, log_std = mean.unsqueeze(1).expand(shape), log_std.unsqueeze(1).expand(shape)
         noise = torch.randn(shape, generator=self._generator, device=self.device)
-        pre_tanh, log_prob = pmd.gaussian_rsample(
-            mean.unsqueeze(1).expand(shape), log_std.unsqueeze(1).expand(shape), noise
+        pre_tanh, log_prob = pmd.gaussian_rsample(mean, log_std, noise)
+        if uniform_fraction == 0.0:  # the plain proposal, and no extra random draws
+            return pre_tanh, log_prob - pmd.log_one_minus_tanh_squared(pre_tanh).sum(-1)
+        from_uniform = (
+            torch.rand(shape[:-1], generator=self._generator, device=self.device) < uniform_fraction
         )
-        return pre_tanh, log_prob - pmd.log_one_minus_tanh_squared(pre_tanh).sum(-1)
+        pre_tanh = torch.where(from_uniform.unsqueeze(-1), self._uniform_pre_tanh(shape), pre_tanh)
+        return pre_tanh, self._mixture_log_prob(pre_tanh, mean, log_std, uniform_fraction)
+
+    def _uniform_pre_tanh(self, shape) -> torch.Tensor:
+        """``u = atanh(a)`` for ``a ~ U(-1, 1)^d`` kept inside ``|a| <= 1 - 1e-6`` (finite u)."""
+        actions = torch.rand(shape, generator=self._generator, device=self.device) * 2 - 1
+        return torch.atanh(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+
+    @staticmethod
+    def _mixture_log_prob(
+        pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, uniform_fraction: float
+    ) -> torch.Tensor:
+        """The defensive mixture's log density as actions at ``tanh(u)``: ``[..., d] -> [...]``."""
+        policy_log_prob = pmd.gaussian_log_prob(pre_tanh, mean, log_std) - (
+            pmd.log_one_minus_tanh_squared(pre_tanh).sum(-1)
+        )
+        uniform_log_prob = pmd.uniform_box_log_prob(pre_tanh.shape, device=pre_tanh.device)
+        return pmd.defensive_mixture_log_prob(policy_log_prob, uniform_log_prob, uniform_fraction)
 
     @staticmethod
     def _energy_in_chunks(
