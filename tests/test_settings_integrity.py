@@ -52,6 +52,7 @@ NON_DEFAULTS = {
     "actor_fit": "weighted_ml",
     "weighted_ml_states": 512,
     "weighted_ml_actions": 8,
+    "weighted_ml_uniform_fraction": 0.25,
 }
 
 
