@@ -262,6 +262,31 @@ def test_pendulum_builds_trains_and_round_trips_a_checkpoint(ray_session, tmp_pa
         restored.stop()
 
 
+def test_pendulum_example_flags_reach_its_config():
+    from test_learning import load_example
+
+    example = load_example("pendulum_staq")
+    args = example.parser.parse_args(
+        [
+            "--stack-size",
+            "3",
+            "--actor-fit",
+            "weighted_ml",
+            "--weighted-ml-uniform-fraction",
+            "0.25",
+        ]
+    )
+    config = example.config_builder(args)(seed=1)
+    assert (config.stack_size, config.actor_fit) == (3, "weighted_ml")
+    assert config.weighted_ml_uniform_fraction == 0.25
+    default = example.config_builder(example.parser.parse_args([]))()
+    assert (default.stack_size, default.actor_fit, default.weighted_ml_uniform_fraction) == (
+        10,
+        "reverse_kl",
+        0.0,
+    )
+
+
 def test_weighted_ml_fit_trains_on_pendulum(ray_session):
     """actor_fit='weighted_ml' end to end: the fit's metrics, through the tuned example."""
     from test_learning import load_example

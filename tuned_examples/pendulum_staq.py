@@ -15,7 +15,7 @@ or without Tune, with a progress line per iteration and a final greedy evaluatio
 
 ``--actor-fit weighted_ml`` fits the actor MPO-style instead (one stacked pass per
 iteration; README "Continuous actions"); ``--weighted-ml-uniform-fraction 0.25`` mixes a
-quarter of uniform actions into its proposal.
+quarter of uniform actions into its proposal. ``--stack-size M`` sets the memory (default 10).
 
 Measured: docs/results_continuous.md.
 """
@@ -32,6 +32,12 @@ parser.add_argument(
     choices=ACTOR_FITS,
     default="reverse_kl",
     help="How the actor is fitted to the stack after each push (default: reverse_kl).",
+)
+parser.add_argument(
+    "--stack-size",
+    type=int,
+    default=10,
+    help="M, the number of critic sets in the stack (default: 10, the tuned value).",
 )
 parser.add_argument(
     "--weighted-ml-uniform-fraction",
@@ -89,15 +95,17 @@ def build_config(
     return config
 
 
+def config_builder(args):
+    """build_config with this script's own flags bound (the cli passes the rest)."""
+    return functools.partial(
+        build_config,
+        stack_size=args.stack_size,
+        actor_fit=args.actor_fit,
+        weighted_ml_uniform_fraction=args.weighted_ml_uniform_fraction,
+    )
+
+
 if __name__ == "__main__":
     from rllib_staq.cli import main
 
-    known = parser.parse_known_args()[0]
-    main(
-        parser,
-        functools.partial(
-            build_config,
-            actor_fit=known.actor_fit,
-            weighted_ml_uniform_fraction=known.weighted_ml_uniform_fraction,
-        ),
-    )
+    main(parser, config_builder(parser.parse_known_args()[0]))
