@@ -26,6 +26,9 @@ from rllib_staq import StaQConfig
 from rllib_staq.cli import example_parser
 from rllib_staq.settings import ACTOR_FITS
 
+# M, the number of critic sets in the stack: the tuned value (build_config and --stack-size).
+TUNED_STACK_SIZE = 10
+
 parser = example_parser(default_reward=-200.0, default_timesteps=30_000)
 parser.add_argument(
     "--actor-fit",
@@ -36,8 +39,8 @@ parser.add_argument(
 parser.add_argument(
     "--stack-size",
     type=int,
-    default=10,
-    help="M, the number of critic sets in the stack (default: 10, the tuned value).",
+    default=TUNED_STACK_SIZE,
+    help=f"M, the number of critic sets in the stack (default: {TUNED_STACK_SIZE}, tuned).",
 )
 parser.add_argument(
     "--weighted-ml-uniform-fraction",
@@ -50,7 +53,7 @@ parser.add_argument(
 def build_config(
     num_env_runners: int = 0,
     seed: int = 0,
-    stack_size: int = 10,
+    stack_size: int = TUNED_STACK_SIZE,
     actor_fit: str = "reverse_kl",
     weighted_ml_uniform_fraction: float | None = None,
 ) -> StaQConfig:
