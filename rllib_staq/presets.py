@@ -29,8 +29,19 @@ read from the Ray repository's example scripts and written out here as settings:
 Pendulum-v1 has Box actions: StaQ runs its continuous module there (``pendulum_staq.py``), and
 DQN, which has no continuous mode, is refused (:func:`algos_for_env`).
 
+- DQN, the MinAtar games: MinAtar's own DQN (Young & Tian 2019, ``examples/dqn.py`` of
+  github.com/kenjyoung/MinAtar; RLlib has no MinAtar settings): plain DQN (no double Q, no
+  dueling head, 1-step targets, uniform replay of 100k), Huber loss, gamma 0.99, lr 2.5e-4,
+  5000 random steps before learning, epsilon 1.0 -> 0.1 over the next 100k env steps, the
+  target copied every 1000 env steps, the MinAtar CNN. Two changes, so that it is compared with
+  StaQ at StaQ's update-to-data ratio (issue 12): StaQ's MinAtar batch of 256 and
+  ``training_intensity`` 64 (250 gradient steps of 256 per 1000 env steps, as
+  ``tuned_examples/minatar_staq.py``; MinAtar's own DQN does one step of 32 per env step,
+  32 replayed samples per env step) on StaQ's 16 vector envs; and RLlib's Adam where MinAtar
+  uses centred RMSProp (RLlib's DQN learner has no optimizer setting).
+
 RLlib has no tuned settings for the other (algorithm, env) pairs: Acrobot-v1, LunarLander-v3,
-DQN and PPO on MountainCar-v0, and the MinAtar games (its image examples,
+DQN and PPO on MountainCar-v0, and PPO and SAC on the MinAtar games (its image examples,
 ``rllib/examples/algorithms/{dqn/atari_dqn,ppo/atari_ppo,sac/atari_sac}.py``, are for Atari:
 4 stacked 64x64 frames, clipped rewards, 3M to 10M-step budgets; the DQN one is Rainbow
 with 80k warm-up steps and a 32k-step target period). Their presets are the CartPole ones, and
@@ -250,6 +261,48 @@ def ppo_pendulum(env: str) -> AlgorithmConfig:
     )
 
 
+# The update-to-data ratio of tuned_examples/minatar_staq.py: 250 gradient steps of 256 per 1000
+# env steps (tests check it against the example), i.e. 64 replayed samples per env step.
+MINATAR_BATCH_SIZE = 256
+MINATAR_REPLAYED_PER_ENV_STEP = 64
+MINATAR_VECTOR_ENVS = 16
+
+
+def dqn_minatar(env: str) -> AlgorithmConfig:
+    """MinAtar's own DQN, at StaQ's MinAtar batch and update-to-data ratio (module docstring)."""
+    from ray.rllib.algorithms.dqn import DQNConfig
+
+    return (
+        DQNConfig()
+        .environment(env)
+        # One env step per vector env and sampling round, so that training_intensity can set
+        # the ratio exactly: 16 env steps, then 4 updates of 256 (64 replayed per env step).
+        .env_runners(num_envs_per_env_runner=MINATAR_VECTOR_ENVS, rollout_fragment_length=1)
+        .training(
+            lr=2.5e-4,
+            gamma=0.99,
+            train_batch_size_per_learner=MINATAR_BATCH_SIZE,
+            training_intensity=MINATAR_REPLAYED_PER_ENV_STEP,
+            replay_buffer_config={"type": "EpisodeReplayBuffer", "capacity": 100_000},
+            num_steps_sampled_before_learning_starts=5_000,
+            n_step=1,
+            double_q=False,
+            dueling=False,
+            td_error_loss_fn="huber",
+            target_network_update_freq=1_000,
+            epsilon=[(0, 1.0), (5_000, 1.0), (105_000, 0.1)],
+        )
+        .rl_module(model_config=dict(MINATAR_CNN))
+    )
+
+
+MINATAR_DQN_SOURCE = (
+    "MinAtar's own DQN (Young & Tian 2019, github.com/kenjyoung/MinAtar/examples/dqn.py), "
+    "at StaQ's MinAtar batch (256) and update-to-data ratio (64 replayed samples per env step, "
+    "16 vector envs), with RLlib's Adam for its centred RMSProp"
+)
+
+
 def minatar_model_config(cartpole_model: dict) -> dict:
     """A CartPole preset's model_config with its MLP replaced by :data:`MINATAR_CNN`."""
     kept = {key: value for key, value in cartpole_model.items() if key not in MLP_KEYS}
@@ -284,7 +337,8 @@ CARTPOLE_SOURCES = {
     ),
 }
 CARTPOLE_MODELS = {"DQN": DQN_CARTPOLE_MODEL, "PPO": PPO_CARTPOLE_MODEL, "SAC": SAC_CARTPOLE_MODEL}
-# (algorithm, env) -> (builder, source) where RLlib has tuned settings for that env.
+# (algorithm, env) -> (builder, source) where RLlib (or, for DQN on MinAtar, MinAtar's authors)
+# has tuned settings for that env.
 TUNED_BASELINES = {
     **{(algo, "CartPole-v1"): entry for algo, entry in CARTPOLE_SOURCES.items()},
     ("SAC", "MountainCar-v0"): (
@@ -300,6 +354,7 @@ TUNED_BASELINES = {
         ppo_pendulum,
         "RLlib's Pendulum-v1 PPO tuned example (rllib/tuned_examples/ppo/pendulum_ppo.py)",
     ),
+    **{("DQN", env): (dqn_minatar, MINATAR_DQN_SOURCE) for env in MINATAR_ENVS},
 }
 
 

@@ -121,7 +121,7 @@ def test_every_preset_validates_and_its_module_acts_on_the_env():
         environment.close()
 
 
-def test_minatar_baselines_get_the_staq_cnn_and_keep_the_cartpole_training_settings():
+def test_minatar_baselines_get_the_staq_cnn():
     import torch
 
     for game, channels in envs.MINATAR_CHANNELS.items():
@@ -138,9 +138,6 @@ def test_minatar_baselines_get_the_staq_cnn_and_keep_the_cartpole_training_setti
             assert {(m.in_features, m.out_features) for m in linears if m.in_features == 1024} == {
                 (1024, 128)
             }
-    dqn = presets.preset_config("DQN", MINATAR_ENV)
-    assert dqn.lr == 5e-4 and dqn.n_step == (2, 5) and dqn.dueling
-    assert dqn.model_config["head_fcnet_bias_initializer"] == "zeros_"
     ppo = presets.preset_config("PPO", MINATAR_ENV)
     assert ppo.num_epochs == 6 and ppo.model_config["vf_share_layers"] is True
     assert presets.preset_config("SAC", MINATAR_ENV).gamma == 0.95
@@ -149,11 +146,39 @@ def test_minatar_baselines_get_the_staq_cnn_and_keep_the_cartpole_training_setti
     assert staq.env == "StaQ/MinAtar-Seaquest-v1" and staq.reward_scale == 200.0
 
 
+def test_minatar_dqn_is_minatars_own_dqn_at_staqs_update_to_data_ratio():
+    from ray.rllib.algorithms.dqn.dqn import calculate_rr_weights
+
+    staq = presets.preset_config("StaQ", MINATAR_ENV)
+    staq_replayed_per_env_step = (
+        staq.grad_steps_per_iteration
+        * staq.train_batch_size_per_learner
+        / staq.env_steps_per_iteration
+    )
+    for game in envs.MINATAR_GAMES:
+        dqn = presets.preset_config("DQN", envs.minatar_env_name(game))
+        dqn.validate()
+        assert dqn.training_intensity == staq_replayed_per_env_step == 64
+        assert dqn.train_batch_size_per_learner == staq.train_batch_size_per_learner
+        assert dqn.num_envs_per_env_runner == staq.num_envs_per_env_runner == 16
+        # RLlib's round robin: one sampling round (16 env steps), then 4 updates of 256.
+        assert calculate_rr_weights(dqn) == [1, 4]
+        # MinAtar's examples/dqn.py: plain DQN, replay 100k, target every 1000 steps,
+        # 5000 random steps, then epsilon 1.0 -> 0.1 over 100k.
+        assert (dqn.double_q, dqn.dueling, dqn.n_step) == (False, False, 1)
+        assert dqn.replay_buffer_config == {"type": "EpisodeReplayBuffer", "capacity": 100_000}
+        assert (dqn.lr, dqn.gamma, dqn.target_network_update_freq) == (2.5e-4, 0.99, 1000)
+        assert dqn.num_steps_sampled_before_learning_starts == 5000
+        assert dqn.epsilon == [(0, 1.0), (5000, 1.0), (105000, 0.1)]
+    assert "kenjyoung/MinAtar/examples/dqn.py" in presets.preset_source("DQN", MINATAR_ENV)
+
+
 def test_preset_sources_say_which_settings_and_where_they_were_not_tuned():
     for env in presets.ENVS:
         for algo in presets.algos_for_env(env)[1:]:
             source = presets.preset_source(algo, env)
-            assert "rllib/" in source, source  # the Ray file the settings were read from
+            # The file the settings were read from: Ray's, or MinAtar's own DQN.
+            assert "rllib/" in source or "MinAtar/" in source, source
             tuned = (algo, env) in presets.TUNED_BASELINES
             assert (f"not tuned for {env}" in source) != tuned, source
     assert presets.preset_source("DQN", "LunarLander-v3") == (
