@@ -11,6 +11,10 @@ else (seeds, budget, evaluation schedule, runners) is the comparison protocol.
   (``--stack-size``, default 10, where beta^M is not tiny: on Acrobot's tuned example
   beta = 5/(5+0.4/ln 3) = 0.93 at the final tau, beta^10 = 0.49); reference on.
 - ``epsilon``: epsilon-softmax epsilon in {0, 0.05}; reference 0.05.
+
+More seeds for a finished study: the same command with ``--first-seed N --seeds K`` and a new
+``--out NEW``, then the same command with ``--report-only --include NEW/curves.csv`` and the
+first ``--out``.
 """
 
 from __future__ import annotations
@@ -92,10 +96,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    title = f"StaQ ablation: {args.study}"
+    command = ["python -m rllib_staq.ablate"] + list(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        reference = next(iter(study_variants(args.study, args.values, args.stack_size)))
+        return compare.report_from_csv(args, command, title, reference)
     experiments = build_experiments(args.study, args.env, args.values, args.stack_size)
     reference = experiments[0].label
-    command = ["python -m rllib_staq.ablate"] + list(sys.argv[1:] if argv is None else argv)
-    return compare.execute(experiments, args, reference, f"StaQ ablation: {args.study}", command)
+    return compare.execute(experiments, args, reference, title, command)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import collections
 import dataclasses
 import datetime
 import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -51,6 +52,7 @@ import numpy as np
 from ray.tune import Callback
 
 from rllib_staq import presets, reliability
+from rllib_staq._commit import ARCHIVE_COMMIT
 from rllib_staq.progress import evaluated_this_iteration, metric_at
 
 EVAL_RETURN = "evaluation/env_runners/episode_return_mean"
@@ -707,8 +709,14 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
     return lines + [""]
 
 
+def archived_commit(text: str) -> str | None:
+    """The commit ``git archive`` wrote into ``_commit.py``; None in a checkout."""
+    return None if text.startswith("$Format") else text
+
+
 def source_commit() -> str:
-    """The package's git commit, marked when its checkout has uncommitted changes."""
+    """The package's git commit, marked when its checkout has uncommitted changes; in a tree
+    exported with ``git archive`` (no ``.git``), the commit it was exported from."""
 
     def git(*arguments) -> str:
         return subprocess.run(
@@ -723,9 +731,10 @@ def source_commit() -> str:
         commit = git("rev-parse", "--short", "HEAD")
         changed = git("status", "--porcelain", "--untracked-files=no")
     except OSError:
-        return "unknown"
+        commit = ""
     if not commit:
-        return "unknown"
+        exported = archived_commit(ARCHIVE_COMMIT)
+        return f"{exported} (exported tree)" if exported else "unknown"
     return f"{commit} with uncommitted changes" if changed else commit
 
 
@@ -835,7 +844,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"env id, repeatable (presets: {', '.join(presets.ENVS)})",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="number of seeds (--first-seed, --first-seed + 1, ...)",
+    )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the first seed (default 0); more seeds for an earlier run go to a new --out, "
+        "merged with --report-only --include",
+    )
     parser.add_argument("--stop-timesteps", type=int, default=100_000)
     parser.add_argument(
         "--eval-every",
@@ -847,12 +868,34 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent-trials", type=int, default=None)
     parser.add_argument("--num-env-runners", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (CSV, PNGs, table, tune/)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rebuild results.md and the PNGs from OUT/curves.csv",
+    )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=None,
+        metavar="CSV",
+        help="--report-only: add another run's curves.csv (more seeds of the same protocol, "
+        "say); OUT/curves.csv is rewritten with the union; repeatable",
+    )
+
+
+def run_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds of a run: ``--seeds`` consecutive ones from ``--first-seed``."""
+    return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
 def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("seeds", "stop_timesteps", "eval_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
+    if args.include and not args.report_only:
+        parser.error("--include merges curves.csv files and applies only with --report-only")
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         parser.error("--max-concurrent-trials must be >= 1")
     if not args.env:
@@ -878,12 +921,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reference",
         default=None,
-        help="the algorithm the others are compared with (default: the first)",
-    )
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: rebuild results.md and the PNGs from OUT/curves.csv",
+        help="the algorithm the others are compared with (default: the first of --algos; "
+        "with --report-only, StaQ if the CSV has it, else its first)",
     )
     return parser
 
@@ -918,9 +957,10 @@ def execute(experiments, args, reference: str, title: str, command, print_fn=pri
         )
     try:
         out = pathlib.Path(args.out)
+        check_or_record_protocol(out, run_protocol(args))
         frame, failures = run_comparison(
             experiments,
-            list(range(args.seeds)),
+            run_seeds(args),
             args.stop_timesteps,
             args.eval_every,
             out,
@@ -949,22 +989,112 @@ def failures_in_csv(frame) -> list[tuple]:
     return [(algo, env, seed, "status ERROR in curves.csv") for algo, env, seed in keys]
 
 
-def report_from_csv(args, command) -> int:
-    """``--report-only``: the report of an earlier run, recomputed from its tidy CSV."""
+PROTOCOL_FILE = "protocol.json"
+
+
+def run_protocol(args: argparse.Namespace) -> dict:
+    """The settings that every trial in one ``--out`` must share."""
+    return {
+        "seeds": run_seeds(args),
+        "stop_timesteps": args.stop_timesteps,
+        "eval_every": args.eval_every,
+        "num_env_runners": args.num_env_runners,
+    }
+
+
+def check_or_record_protocol(out: pathlib.Path, protocol: dict) -> None:
+    """Writes OUT/protocol.json on the first run; refuses a rerun with other settings.
+
+    A rerun restores OUT's Tune experiments, which keep the seeds and budget they were
+    started with: other settings would be silently ignored for the restored trials.
+    """
+    path = out / PROTOCOL_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = {k: (recorded.get(k), v) for k, v in protocol.items() if recorded.get(k) != v}
+        if changed:
+            details = "; ".join(
+                f"{k}: ran with {old}, asked {new}" for k, (old, new) in changed.items()
+            )
+            raise ValueError(
+                f"{out} holds a run with other settings ({details}). Use a new --out (more "
+                "seeds: --first-seed), then merge with --report-only --include."
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(protocol, indent=1) + "\n")
+
+
+def merge_curves(frame, included: dict[str, object]):
+    """``frame`` plus the rows of each included CSV (name -> DataFrame), sorted as
+    ``run_comparison`` writes them. A run (algorithm, env, seed) in two files is refused, and
+    so is a run whose evaluations are not on the schedule of the same algorithm and env."""
+    import pandas as pd
+
+    def schedules(rows):  # (algorithm, env) -> the longest env-step list of any seed
+        longest = {}
+        for (algo, env, _), run in rows.groupby(["algorithm", "env", "seed"]):
+            steps = sorted(run["env_steps"])
+            if len(steps) > len(longest.get((algo, env), [])):
+                longest[(algo, env)] = steps
+        return longest
+
+    merged = frame
+    for name, extra in included.items():
+        if list(extra.columns) != CSV_COLUMNS:
+            raise ValueError(
+                f"--include {name}: columns {list(extra.columns)}, expected {CSV_COLUMNS}"
+            )
+        runs = ["algorithm", "env", "seed"]
+        both = merged[runs].drop_duplicates().merge(extra[runs].drop_duplicates())
+        if len(both):
+            raise ValueError(
+                f"--include {name}: runs already in the report: "
+                f"{[tuple(row) for row in both.itertuples(index=False)]}"
+            )
+        known = schedules(merged)
+        for key, steps in schedules(extra).items():
+            shorter = min(len(steps), len(known.get(key, steps)))
+            if key in known and known[key][:shorter] != steps[:shorter]:
+                raise ValueError(
+                    f"--include {name}: {key[0]} on {key[1]} evaluated at env steps "
+                    f"{steps[:4]}..., the report's runs at {known[key][:4]}... "
+                    "(another --eval-every or iteration size)"
+                )
+        merged = pd.concat([merged, extra], ignore_index=True)
+    order = ["algorithm", "env", "seed", "env_steps"]
+    return merged.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def report_from_csv(args, command, title: str, reference: str | None = None) -> int:
+    """``--report-only``: the report of an earlier run, recomputed from its tidy CSV (with the
+    rows of ``--include`` CSVs merged in and written back to ``OUT/curves.csv``)."""
     import pandas as pd
 
     out = pathlib.Path(args.out)
     csv_path = out / "curves.csv"
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"--report-only reads {csv_path}, which does not exist.")
+    paths = [csv_path] + [pathlib.Path(p) for p in args.include or []]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"--report-only reads {path}, which does not exist.")
     frame = pd.read_csv(csv_path)
+    if args.include:
+        frame = merge_curves(frame, {str(p): pd.read_csv(p) for p in paths[1:]})
+        frame.to_csv(csv_path, index=False)
+        print(f"Merged {len(paths) - 1} CSV(s) into {csv_path}")
     algos = list(dict.fromkeys(frame["algorithm"]))
-    reference = args.reference or algos[0]
+    # The CSV is sorted by name, so its first algorithm says nothing: StaQ where it ran.
+    reference = reference or args.reference or ("StaQ" if "StaQ" in algos else algos[0])
     if reference not in algos:
         raise ValueError(f"--reference {reference!r} must be one of the CSV's algorithms {algos}")
-    title = "StaQ and RLlib baselines (report rebuilt from curves.csv)"
     report = write_report(
-        frame, failures_in_csv(frame), out, reference, dict(presets.THRESHOLDS), command, title
+        frame,
+        failures_in_csv(frame),
+        out,
+        reference,
+        dict(presets.THRESHOLDS),
+        command,
+        f"{title} (report rebuilt from curves.csv)",
     )
     print(f"Wrote {report} and the PNGs in {out}")
     return 0
@@ -974,7 +1104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = ["python -m rllib_staq.compare"] + list(sys.argv[1:] if argv is None else argv)
     if args.report_only:
-        return report_from_csv(args, command)
+        return report_from_csv(args, command, "StaQ and RLlib baselines")
     experiments = build_experiments(args.algos, args.env, args.config_module)
     return execute(experiments, args, args.reference, "StaQ and RLlib baselines", command)
 

@@ -1,9 +1,12 @@
 """The comparison command: argument errors, the analysis on known curves, a tiny real run."""
 
 import importlib.util
+import io
 import json
 import pathlib
 import re
+import subprocess
+import tarfile
 
 import numpy as np
 import pandas as pd
@@ -433,6 +436,82 @@ def test_report_only_rebuilds_the_report_from_curves_csv(tmp_path, monkeypatch, 
         compare.main(["--out", str(tmp_path / "empty"), "--report-only"])
     with pytest.raises(ValueError, match="--reference 'C' must be one of"):
         compare.main(["--out", str(tmp_path), "--report-only", "--reference", "C"])
+
+
+def test_more_seeds_go_to_a_new_out_and_a_changed_protocol_is_refused(tmp_path):
+    args = compare.parse_args(["--out", "x", "--seeds", "2", "--first-seed", "2"])
+    assert compare.run_seeds(args) == [2, 3]
+    assert compare.run_seeds(compare.parse_args(["--out", "x"])) == [0, 1, 2]
+    for argv in (["--first-seed", "-1"], ["--include", "a.csv"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(["--out", "x"] + argv)
+    protocol = compare.run_protocol(args)
+    compare.check_or_record_protocol(tmp_path, protocol)
+    compare.check_or_record_protocol(tmp_path, protocol)  # the same command again
+    assert json.loads((tmp_path / compare.PROTOCOL_FILE).read_text())["seeds"] == [2, 3]
+    with pytest.raises(ValueError, match=r"seeds: ran with \[2, 3\], asked \[0, 1\].*--first-seed"):
+        compare.check_or_record_protocol(tmp_path, dict(protocol, seeds=[0, 1]))
+
+
+def test_report_only_include_merges_the_seeds_of_two_runs(tmp_path, monkeypatch, capsys):
+    """Seeds 0-1 in one folder and seed 2 in another give the report of all three."""
+    monkeypatch.setattr(compare, "BOOTSTRAP_REPS", 300)
+    monkeypatch.setattr(
+        compare, "random_score", lambda env: {"CartPole-v1": 0.0, "Acrobot-v1": -500.0}[env]
+    )
+    full = synthetic_frame()
+    first, more = tmp_path / "first", tmp_path / "more"
+    first.mkdir(), more.mkdir()
+    full[full["seed"] < 2].to_csv(first / "curves.csv", index=False)
+    full[full["seed"] == 2].to_csv(more / "curves.csv", index=False)
+    argv = ["--out", str(first), "--report-only", "--include", str(more / "curves.csv")]
+    assert compare.main(argv) == 0
+    merged = pd.read_csv(first / "curves.csv")
+    order = ["algorithm", "env", "seed", "env_steps"]
+    expected = full.sort_values(order, kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(merged, expected)
+    text = (first / "results.md").read_text()
+    assert "| B | 3 | 51.0 [50.0, 52.0] |" in text  # seeds 0, 1, 2: 50, 51, 52
+    # The same seed twice, and a run on another evaluation schedule, are refused.
+    with pytest.raises(ValueError, match=r"runs already in the report: \[\('A', 'Acrobot-v1', 2\)"):
+        compare.main(argv)
+    shifted = full[full["seed"] == 2].assign(seed=5, env_steps=lambda f: f["env_steps"] * 2)
+    shifted.to_csv(more / "shifted.csv", index=False)
+    with pytest.raises(ValueError, match="A on Acrobot-v1 evaluated at env steps"):
+        compare.main(["--out", str(first), "--report-only", "--include", str(more / "shifted.csv")])
+
+
+def test_ablation_report_only_compares_with_the_studys_reference(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "BOOTSTRAP_REPS", 300)
+    monkeypatch.setattr(compare, "random_score", lambda env: -500.0)
+    frame = synthetic_frame()
+    frame = frame[frame["env"] == "Acrobot-v1"].replace(
+        {"algorithm": {"A": "StaQ epsilon=0.05", "B": "StaQ epsilon=0"}}
+    )
+    frame.to_csv(tmp_path / "curves.csv", index=False)
+    argv = ["--study", "epsilon", "--env", "Acrobot-v1", "--out", str(tmp_path), "--report-only"]
+    assert ablate.main(argv) == 0
+    text = (tmp_path / "results.md").read_text()
+    # "StaQ epsilon=0" sorts first in the CSV; the study's reference is epsilon 0.05.
+    assert "# StaQ ablation: epsilon (report rebuilt from curves.csv)" in text
+    assert "| vs StaQ epsilon=0.05 |" in text
+
+
+def test_reports_name_the_commit_of_an_exported_tree():
+    assert compare.archived_commit("$Format:%h$") is None  # a checkout: ask git
+    assert compare.archived_commit("abc1234") == "abc1234"
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    # git archive replaces the placeholder (export-subst in .gitattributes).
+    exported = subprocess.run(
+        ["git", "archive", "HEAD", "rllib_staq/_commit.py"], cwd=REPO, capture_output=True
+    )
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    with tarfile.open(fileobj=io.BytesIO(exported.stdout)) as archive:
+        text = archive.extractfile("rllib_staq/_commit.py").read().decode()
+    assert f'ARCHIVE_COMMIT = "{head}"' in text
 
 
 def test_random_score_of_cartpole():
