@@ -6,38 +6,23 @@ Issue 12 asks for RLlib's PPO on the continuous robot at the budget of StaQ's di
 (``tuned_examples/mujoco_staq.py --robot Hopper``). The settings are those of the Ray
 repository's ``rllib/tuned_examples/ppo/benchmark_ppo_mujoco.py`` (the PPO paper's: lambda
 0.95, lr 3e-4, 15 epochs, minibatch 4096, vf_loss_coeff 0.01, a shared 64x64 tanh network,
-32 x 512 env steps per iteration), on one local EnvRunner instead of 32 remote ones (the same
-16,384 env steps per iteration). Greedy evaluation (the Gaussian's mean) of 10 episodes after
+32 x 512 env steps per iteration; ``rllib_staq.presets.ppo_mujoco``, the comparison's PPO
+preset on the robots), on one local EnvRunner instead of 32 remote ones (the same 16,384 env
+steps per iteration). Greedy evaluation (the Gaussian's mean) of 10 episodes after
 every iteration, so every 16,384 env steps (StaQ's run: every 10,000). Needs the mujoco extra.
 Writes ``DIR/progress.csv``.
 """
 
 from ray.rllib.algorithms.ppo import PPOConfig
-from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from reference_run import reference_main
 
-ROLLOUT_FRAGMENT = 512
-FRAGMENTS_PER_ITERATION = 32  # RLlib's example: 32 EnvRunners x 512 steps.
+from rllib_staq.presets import ppo_mujoco
 
 
 def build_config(seed: int) -> PPOConfig:
     return (
-        PPOConfig()
-        .environment("Hopper-v5")
-        .env_runners(num_env_runners=0, rollout_fragment_length=ROLLOUT_FRAGMENT)
-        .rl_module(
-            model_config=DefaultModelConfig(
-                fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=True
-            )
-        )
-        .training(
-            lambda_=0.95,
-            lr=3e-4,
-            num_epochs=15,
-            train_batch_size_per_learner=FRAGMENTS_PER_ITERATION * ROLLOUT_FRAGMENT,
-            minibatch_size=4096,
-            vf_loss_coeff=0.01,
-        )
+        ppo_mujoco("Hopper-v5")
+        .env_runners(num_env_runners=0)
         .evaluation(
             evaluation_interval=1,
             evaluation_duration=10,

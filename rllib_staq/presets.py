@@ -26,8 +26,22 @@ read from the Ray repository's example scripts and written out here as settings:
   EnvRunner). Its batch is RLlib's default 4000 env steps, so ``--eval-every`` must be a
   multiple of 4000 with it.
 
-Pendulum-v1 has Box actions: StaQ runs its continuous module there (``pendulum_staq.py``), and
-DQN, which has no continuous mode, is refused (:func:`algos_for_env`).
+- SAC (continuous), the MuJoCo robots ``Hopper-v5``, ``Walker2d-v5``, ``HalfCheetah-v5``,
+  ``Ant-v5``, ``Humanoid-v5``: ``rllib/tuned_examples/sac/benchmark_sac_mujoco.py`` (the SAC
+  paper's settings: lr 3e-4 for actor, critic and alpha, initial alpha 1.001, target entropy
+  auto, 1-step targets, tau 0.005 every step, batch 256, prioritised replay 1M with alpha
+  0.6 / beta 0.4, learning after 256 steps, 1000 env steps per iteration, 2x256 relu with a
+  0.01-gain orthogonal head).
+- PPO (continuous), the same robots: ``rllib/tuned_examples/ppo/benchmark_ppo_mujoco.py``
+  (lambda 0.95, lr 3e-4, 15 epochs, minibatch 4096, vf_loss_coeff 0.01, a shared 64x64 tanh
+  network, 32 x 512 = 16,384 env steps per iteration, so ``--eval-every`` must be a multiple
+  of 16,384 with it).
+
+Pendulum-v1 and the MuJoCo robots have Box actions: StaQ runs its continuous module there
+(``pendulum_staq.py``, ``mujoco_continuous_staq.py``), and DQN, which has no continuous mode,
+is refused (:func:`algos_for_env`). ``StaQ/<Robot>-v5``, the discretised robots of
+``mujoco_staq.py``, are not presets: their baselines would be discrete-action agents on the
+paper's 2d+1 actions, not RLlib's MuJoCo settings.
 
 - DQN, the MinAtar games: MinAtar's own DQN (Young & Tian 2019, ``examples/dqn.py`` of
   github.com/kenjyoung/MinAtar; RLlib has no MinAtar settings): plain DQN (no double Q, no
@@ -71,6 +85,7 @@ from rllib_staq import envs
 from rllib_staq.envs import (
     MINATAR_GAMES,
     MINATAR_TARGET_RETURNS,
+    MUJOCO_ROBOTS,
     minatar_env_name,
     require_extra,
 )
@@ -87,8 +102,12 @@ STAQ_EXAMPLES: dict[str, str] = {
     **{minatar_env_name(game): "minatar_staq" for game in MINATAR_GAMES},
     "Pendulum-v1": "pendulum_staq",
 }
+# MuJoCo env id (continuous actions) -> robot (the argument of mujoco_continuous_staq's
+# build_config).
+MUJOCO_ENVS: dict[str, str] = {f"{robot}-v5": robot for robot in MUJOCO_ROBOTS}
+STAQ_EXAMPLES.update({env: "mujoco_continuous_staq" for env in MUJOCO_ENVS})
 # Envs with Box actions: StaQ's continuous module, and no DQN (it has no continuous mode).
-CONTINUOUS_ENVS = ("Pendulum-v1",)
+CONTINUOUS_ENVS = ("Pendulum-v1", *MUJOCO_ENVS)
 # MinAtar env id -> game (the argument of minatar_staq.build_config).
 MINATAR_ENVS: dict[str, str] = {minatar_env_name(game): game for game in MINATAR_GAMES}
 ENVS = tuple(STAQ_EXAMPLES)
@@ -102,12 +121,15 @@ THRESHOLDS: dict[str, float] = {
     "MountainCar-v0": -150.0,
     **{minatar_env_name(game): target for game, target in MINATAR_TARGET_RETURNS.items()},
     "Pendulum-v1": -200.0,
+    # No target: the MuJoCo example's --stop-reward is infinite (runs end at their budget).
+    **{env: float("inf") for env in MUJOCO_ENVS},
 }
 
 # env -> (module, extra) that env needs beyond the core install.
 EXTRAS: dict[str, tuple[str, str]] = {
     "LunarLander-v3": ("Box2D", "box2d"),
     **{env: ("minatar", "minatar") for env in MINATAR_ENVS},
+    **{env: ("mujoco", "mujoco") for env in MUJOCO_ENVS},
 }
 
 # The MinAtar paper's network, the one StaQ's module builds for MinAtar: conv 16 3x3 stride 1
@@ -236,6 +258,70 @@ def sac_pendulum(env: str) -> AlgorithmConfig:
     )
 
 
+def sac_mujoco(env: str) -> AlgorithmConfig:
+    """RLlib's MuJoCo SAC benchmark (the SAC paper's settings)."""
+    from ray.rllib.algorithms.sac import SACConfig
+
+    return (
+        SACConfig()
+        .environment(env)
+        .rl_module(model_config=SAC_256_MODEL)
+        .training(
+            initial_alpha=1.001,
+            actor_lr=3e-4,
+            critic_lr=3e-4,
+            alpha_lr=3e-4,
+            lr=None,
+            target_entropy="auto",
+            n_step=1,
+            tau=0.005,
+            train_batch_size_per_learner=256,
+            target_network_update_freq=1,
+            replay_buffer_config={
+                "type": "PrioritizedEpisodeReplayBuffer",
+                "capacity": 1_000_000,
+                "alpha": 0.6,
+                "beta": 0.4,
+            },
+            num_steps_sampled_before_learning_starts=256,
+        )
+        .reporting(min_sample_timesteps_per_iteration=1000)
+    )
+
+
+# RLlib's MuJoCo PPO benchmark samples 32 EnvRunners x 512 steps per iteration.
+PPO_MUJOCO_ROLLOUT_FRAGMENT = 512
+PPO_MUJOCO_FRAGMENTS_PER_ITERATION = 32
+
+
+def ppo_mujoco(env: str) -> AlgorithmConfig:
+    """RLlib's MuJoCo PPO benchmark (the PPO paper's settings), 16,384 env steps an iteration
+    on however many EnvRunners the protocol gives it."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    return (
+        PPOConfig()
+        .environment(env)
+        .env_runners(rollout_fragment_length=PPO_MUJOCO_ROLLOUT_FRAGMENT)
+        .rl_module(
+            model_config={
+                "fcnet_hiddens": [64, 64],
+                "fcnet_activation": "tanh",
+                "vf_share_layers": True,
+            }
+        )
+        .training(
+            lambda_=0.95,
+            lr=3e-4,
+            num_epochs=15,
+            train_batch_size_per_learner=PPO_MUJOCO_FRAGMENTS_PER_ITERATION
+            * PPO_MUJOCO_ROLLOUT_FRAGMENT,
+            minibatch_size=4096,
+            vf_loss_coeff=0.01,
+        )
+    )
+
+
 def sac_discrete_mountaincar(env: str) -> AlgorithmConfig:
     """The Pendulum SAC settings with the discrete mode's 3x256 fusion net."""
     config = sac_pendulum(env)
@@ -355,6 +441,20 @@ TUNED_BASELINES = {
         "RLlib's Pendulum-v1 PPO tuned example (rllib/tuned_examples/ppo/pendulum_ppo.py)",
     ),
     **{("DQN", env): (dqn_minatar, MINATAR_DQN_SOURCE) for env in MINATAR_ENVS},
+    **{
+        ("SAC", env): (
+            sac_mujoco,
+            "RLlib's MuJoCo SAC benchmark (rllib/tuned_examples/sac/benchmark_sac_mujoco.py)",
+        )
+        for env in MUJOCO_ENVS
+    },
+    **{
+        ("PPO", env): (
+            ppo_mujoco,
+            "RLlib's MuJoCo PPO benchmark (rllib/tuned_examples/ppo/benchmark_ppo_mujoco.py)",
+        )
+        for env in MUJOCO_ENVS
+    },
 }
 
 
@@ -444,6 +544,8 @@ def preset_config(algo: str, env: str) -> AlgorithmConfig:
         example = load_tuned_example(STAQ_EXAMPLES[env])
         if env in MINATAR_ENVS:
             return example.build_config(game=MINATAR_ENVS[env])
+        if env in MUJOCO_ENVS:
+            return example.build_config(robot=MUJOCO_ENVS[env])
         return example.build_config()
     builder, _ = BASELINES[(algo, env)]
     return builder(env)

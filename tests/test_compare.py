@@ -107,7 +107,8 @@ def test_every_preset_validates_and_its_module_acts_on_the_env():
     for env in presets.ENVS:
         environment = compare.make_env(env)
         obs, _ = environment.reset(seed=0)
-        batch = {"obs": torch.as_tensor(np.stack([obs, obs]))}
+        # float32, the modules' dtype (the MuJoCo robots observe float64).
+        batch = {"obs": torch.as_tensor(np.stack([obs, obs]), dtype=torch.float32)}
         for algo in presets.algos_for_env(env)[1:]:  # the baselines
             config = presets.preset_config(algo, env)
             config.validate()
@@ -226,12 +227,42 @@ def test_pendulum_presets_are_rllibs_continuous_examples_and_dqn_is_refused():
         compare.parse_args(["--env", "Pendulum-v1", "--algos", "StaQ", "DQN", "--out", "x"])
 
 
+def test_mujoco_presets_are_rllibs_mujoco_benchmarks_and_staqs_continuous_example():
+    assert presets.algos_for_env("Hopper-v5") == ("StaQ", "PPO", "SAC")
+    sac = presets.preset_config("SAC", "Hopper-v5")
+    assert (sac.actor_lr, sac.critic_lr, sac.alpha_lr) == (3e-4, 3e-4, 3e-4)
+    assert (sac.n_step, sac.tau, sac.initial_alpha, sac.train_batch_size_per_learner) == (
+        1,
+        0.005,
+        1.001,
+        256,
+    )
+    assert sac.replay_buffer_config["capacity"] == 1_000_000
+    assert compare.env_steps_per_iteration(sac) == 1000
+    ppo = presets.preset_config("PPO", "Walker2d-v5")
+    assert (ppo.lambda_, ppo.num_epochs, ppo.minibatch_size) == (0.95, 15, 4096)
+    assert compare.env_steps_per_iteration(ppo) == 16_384
+    staq = presets.preset_config("StaQ", "Humanoid-v5")
+    assert staq.env == "Humanoid-v5" and staq.actor_steps_per_iteration == 250
+    assert presets.preset_source("StaQ", "Hopper-v5") == "tuned_examples/mujoco_continuous_staq.py"
+    assert "benchmark_sac_mujoco.py" in presets.preset_source("SAC", "Ant-v5")
+    with pytest.raises(ValueError, match="DQN has no preset on Hopper-v5"):
+        presets.check_names(["DQN"], ["Hopper-v5"])
+
+
 def test_thresholds_are_the_tuned_examples_targets():
     assert set(presets.THRESHOLDS) == set(presets.ENVS)
     minatar = presets.load_tuned_example("minatar_staq")
     for game, target in minatar.TARGET_RETURNS.items():
         assert presets.THRESHOLDS[envs.minatar_env_name(game)] == target
-    for env in ("CartPole-v1", "Acrobot-v1", "LunarLander-v3", "MountainCar-v0", "Pendulum-v1"):
+    for env in (
+        "CartPole-v1",
+        "Acrobot-v1",
+        "LunarLander-v3",
+        "MountainCar-v0",
+        "Pendulum-v1",
+        "Hopper-v5",
+    ):
         parser = presets.load_tuned_example(presets.STAQ_EXAMPLES[env]).parser
         assert presets.THRESHOLDS[env] == parser.get_default("stop_reward"), env
     assert presets.THRESHOLDS["LunarLander-v3"] == 200.0

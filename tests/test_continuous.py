@@ -311,6 +311,40 @@ def test_weighted_ml_fit_trains_on_pendulum(ray_session):
         algo.stop()
 
 
+def test_mujoco_continuous_example_trains_its_actor_on_hopper(ray_session):
+    """The continuous MuJoCo example on Hopper-v5 (3 action dimensions), shrunk to seconds:
+    the continuous learner, two actor fits, actions inside RLlib's normalised box."""
+    pytest.importorskip("mujoco", reason='needs the mujoco extra: pip install -e ".[mujoco]"')
+    from test_learning import load_example
+
+    config = (
+        load_example("mujoco_continuous_staq")
+        .build_config(robot="Hopper")
+        .rl_module(model_config={"fcnet_hiddens": [16, 16]})
+        .training(
+            env_steps_per_iteration=100,
+            grad_steps_per_iteration=5,
+            actor_steps_per_iteration=5,
+            train_batch_size_per_learner=32,
+        )
+        .evaluation(evaluation_interval=None)
+    )
+    algo = config.build_algo()
+    try:
+        assert isinstance(algo.learner_group._learner, ContinuousStaQTorchLearner)
+        for _ in range(2):
+            result = algo.train()
+        assert int(algo.get_module().num_actor_fits) == 2
+        assert math.isfinite(result["learners"]["default_policy"]["actor_loss"])
+        module = algo.get_module()
+        obs = torch.zeros((4, 11))  # Hopper-v5's 11 observations
+        with torch.no_grad():
+            out = module.forward_inference({"obs": obs})
+        assert out["action_dist_inputs"].shape == (4, 6)  # mean and log-std per dimension
+    finally:
+        algo.stop()
+
+
 # --------------------------------------------------------------------------- #
 # 4. Bad settings are refused, naming the setting.
 # --------------------------------------------------------------------------- #

@@ -237,6 +237,10 @@ def load_example(name):
     + [
         ("mujoco_staq", "mujoco", {"robot": robot}, f"StaQ/{robot}-v5")
         for robot in envs.MUJOCO_ROBOTS
+    ]
+    + [
+        ("mujoco_continuous_staq", "mujoco", {"robot": robot}, f"{robot}-v5")
+        for robot in envs.MUJOCO_ROBOTS
     ],
 )
 def test_tuned_example_configs_validate(example, extra_module, kwargs, env):
@@ -247,7 +251,10 @@ def test_tuned_example_configs_validate(example, extra_module, kwargs, env):
     assert config.env == env and config.seed == 3
 
 
-@pytest.mark.parametrize("example, flag", [("minatar_staq", "game"), ("mujoco_staq", "robot")])
+@pytest.mark.parametrize(
+    "example, flag",
+    [("minatar_staq", "game"), ("mujoco_staq", "robot"), ("mujoco_continuous_staq", "robot")],
+)
 def test_family_example_refuses_an_unknown_member(example, flag):
     module = load_example(example)
     with pytest.raises(ValueError, match=f"{flag} must be one of"):
