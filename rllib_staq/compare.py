@@ -317,6 +317,13 @@ def error_summary(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[-1].strip() if lines else ''}"
 
 
+def sorted_curves(frame):
+    """The tidy rows in the order ``curves.csv`` keeps them, so that the same results always
+    give the same file."""
+    order = ["algorithm", "env", "seed", "env_steps"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
 def run_comparison(
     experiments: Sequence[Experiment],
     seeds: Sequence[int],
@@ -389,9 +396,7 @@ def run_comparison(
             )
     # Tune returns trials in no fixed order (a restore reorders them): sort, so the
     # same results always give the same file.
-    order = ["algorithm", "env", "seed", "env_steps"]
-    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    frame = sorted_curves(pd.DataFrame(rows, columns=CSV_COLUMNS))
     frame.to_csv(out / "curves.csv", index=False)
     return frame, failures
 
@@ -1027,7 +1032,7 @@ def check_or_record_protocol(out: pathlib.Path, protocol: dict) -> None:
 
 def merge_curves(frame, included: dict[str, object]):
     """``frame`` plus the rows of each included CSV (name -> DataFrame), sorted as
-    ``run_comparison`` writes them. A run (algorithm, env, seed) in two files is refused, and
+    ``curves.csv`` keeps them. A run (algorithm, env, seed) in two files is refused, and
     so is a run whose evaluations are not on the schedule of the same algorithm and env."""
     import pandas as pd
 
@@ -1062,8 +1067,7 @@ def merge_curves(frame, included: dict[str, object]):
                     "(another --eval-every or iteration size)"
                 )
         merged = pd.concat([merged, extra], ignore_index=True)
-    order = ["algorithm", "env", "seed", "env_steps"]
-    return merged.sort_values(order, kind="stable").reset_index(drop=True)
+    return sorted_curves(merged)
 
 
 def report_from_csv(args, command, title: str, reference: str | None = None) -> int:
