@@ -8,6 +8,7 @@
     python benchmarks/throughput.py --part memory --memory-iterations 50
     python benchmarks/throughput.py --part optimizer
     python benchmarks/throughput.py --part sb3 --seconds 60 --rounds 3   # needs .[bench]
+    python benchmarks/throughput.py --part final-eval --game Freeway --stack-sizes 50
 
 Everything is measured side by side in one run, so ratios are comparable on a
 noisy machine. Parts:
@@ -42,6 +43,11 @@ noisy machine. Parts:
   CPU), alternating timed segments of ``--seconds`` for ``--rounds`` rounds in
   this one process. SB3 is an optional benchmark dependency
   (``pip install -e '.[bench]'``); the part is skipped by ``all`` without it.
+* ``final-eval``: the ``--no-tune`` final evaluation (``--eval-episodes`` greedy
+  episodes of ``--game``, the MinAtar tuned example with a pre-filled stack of M)
+  with its episodes one by one against side by side in one vector env, and
+  whether both give the same returns. Freeway's episodes are always 2500 steps,
+  so its timings do not depend on the (untrained) policy.
 
 The learner and its stack go to the GPU when one is present (``--device auto``);
 EnvRunners act on the CPU.
@@ -50,6 +56,7 @@ EnvRunners act on the CPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 from typing import Dict, List
@@ -78,7 +85,17 @@ from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
 ENV = "CartPole-v1"
-PARTS = ["split", "minatar-split", "acting", "e2e", "memory", "optimizer", "contention", "sb3"]
+PARTS = [
+    "split",
+    "minatar-split",
+    "acting",
+    "e2e",
+    "memory",
+    "optimizer",
+    "contention",
+    "sb3",
+    "final-eval",
+]
 MLP = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu"}
 
 
@@ -204,14 +221,21 @@ def minatar_config(args, stack_size: int) -> StaQConfig:
     return config
 
 
-def run_minatar_split(args) -> None:
+def minatar_missing(args, part_title: str) -> bool:
+    """True (after saying so) when the minatar extra is absent and ``all`` skips the part."""
     import importlib.util
 
-    if importlib.util.find_spec("minatar") is None:
-        missing = "Needs the minatar extra: pip install -e '.[minatar]'."
-        if args.part == "minatar-split":
-            raise SystemExit(missing)
-        print(f"\n## MinAtar iteration split: skipped. {missing}")
+    if importlib.util.find_spec("minatar") is not None:
+        return False
+    missing = "Needs the minatar extra: pip install -e '.[minatar]'."
+    if args.part != "all":
+        raise SystemExit(missing)
+    print(f"\n## {part_title}: skipped. {missing}")
+    return True
+
+
+def run_minatar_split(args) -> None:
+    if minatar_missing(args, "MinAtar iteration split"):
         return
     probe = minatar_config(args, 1)
     print(
@@ -255,6 +279,42 @@ def print_split_table(args, build, env_factory) -> None:
         baseline = baseline or mean["total"]
         cells = " | ".join(f"{mean[key]:.2f}" for key in SPLIT_COLUMNS)
         print(f"| {stack_size} | {cells} | {mean['total'] / baseline:.2f}x |", flush=True)
+
+
+def run_final_eval(args) -> None:
+    from rllib_staq.evaluation import greedy_episode_returns
+
+    if minatar_missing(args, "Final evaluation"):
+        return
+    print(
+        f"\n## Final evaluation of the --no-tune runs: {args.eval_episodes} greedy episodes of "
+        f"MinAtar {args.game}, full stack of M (CNN), CPU, {torch.get_num_threads()} torch threads"
+    )
+    print("| M | one by one (s) | side by side (s) | one by one / side by side | same returns |")
+    print("|---|---|---|---|---|")
+    for stack_size in args.stack_sizes:
+        algo = minatar_config(args, stack_size).build_algo()
+        try:
+            env = algo.env_creator(dict(algo.config.env_config))
+            prefill(algo, 1000, stack_size, env=env)
+            module = algo.get_module()
+            make_env = functools.partial(algo.env_creator, dict(algo.config.env_config))
+            seconds, returns = {}, {}
+            for name, max_in_parallel in (("one by one", 1), ("side by side", args.eval_episodes)):
+                start = time.perf_counter()
+                returns[name] = greedy_episode_returns(
+                    module, make_env, args.eval_episodes, 0, max_in_parallel=max_in_parallel
+                )
+                seconds[name] = time.perf_counter() - start
+        finally:
+            algo.stop()
+        ratio = seconds["one by one"] / seconds["side by side"]
+        same = returns["one by one"] == returns["side by side"]
+        print(
+            f"| {stack_size} | {seconds['one by one']:.1f} | {seconds['side by side']:.1f} | "
+            f"{ratio:.1f}x | {same} |",
+            flush=True,
+        )
 
 
 def run_acting(args) -> None:
@@ -740,6 +800,9 @@ def main() -> None:
     parser.add_argument("--replay-fill", type=int, default=50_000)
     parser.add_argument("--num-envs", default="1,4,16", help="vector env counts for `acting`")
     parser.add_argument("--acting-forwards", type=int, default=200)
+    parser.add_argument(
+        "--eval-episodes", type=int, default=20, help="greedy episodes of `final-eval`"
+    )
     parser.add_argument("--seconds", type=float, default=90.0, help="per algorithm in e2e")
     parser.add_argument("--memory-iterations", type=int, default=50)
     parser.add_argument(

@@ -291,11 +291,16 @@ def _after_iteration(algo, run_folder: RunFolder, record, checkpoint_freq: int, 
 
 def final_greedy_evaluation(algo: StaQ, num_episodes: int, seed: int) -> List[float]:
     """Greedy returns on fresh env seeds, with the local EnvRunner's synced module."""
+    first_seed = FINAL_EVAL_FIRST_SEED + 1000 * seed
+    if not algo.config.is_multi_agent:
+        return greedy_episode_returns(
+            algo.get_module(),
+            lambda: algo.env_creator(dict(algo.config.env_config)),
+            num_episodes,
+            first_seed,
+        )
     env = algo.env_creator(dict(algo.config.env_config))
     try:
-        first_seed = FINAL_EVAL_FIRST_SEED + 1000 * seed
-        if not algo.config.is_multi_agent:
-            return greedy_episode_returns(algo.get_module(), env, num_episodes, first_seed)
         modules = {module_id: algo.get_module(module_id) for module_id in algo.config.policies}
         # RLlib's mapping functions take (agent_id, episode); the examples' ignore the episode.
         mapping_fn = algo.config.policy_mapping_fn

@@ -57,3 +57,21 @@ def cartpole_example():
 
 def parse_example_flags(*argv):
     return cartpole_example().parser.parse_args(list(argv))
+
+
+def one_by_one_greedy_returns(module, make_env, seeds):
+    """The reference for the batched evaluation: each episode alone, one observation a step."""
+    from rllib_staq.evaluation import greedy_action
+
+    returns = []
+    for seed in seeds:
+        env = make_env()
+        obs, _ = env.reset(seed=seed)
+        episode_return, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(greedy_action(module, obs))
+            episode_return += float(reward)
+            done = terminated or truncated
+        returns.append(episode_return)
+        env.close()
+    return returns

@@ -15,7 +15,7 @@ from rllib_staq.progress import (
     train_with_progress,
 )
 
-from conftest import cartpole_example, tiny_config, tiny_evaluated_config
+from conftest import cartpole_example, one_by_one_greedy_returns, tiny_config, tiny_evaluated_config
 from conftest import parse_example_flags as parse
 
 
@@ -189,6 +189,29 @@ def test_final_evaluation_uses_the_current_stack_with_remote_env_runners(ray_ses
         assert algo.get_module().stack_fill == 2
         returns = cli.final_greedy_evaluation(algo, num_episodes=2, seed=0)
         assert len(returns) == 2 and all(math.isfinite(r) and r >= 1 for r in returns)
+    finally:
+        algo.stop()
+
+
+def test_batched_final_evaluation_returns_what_episodes_one_by_one_return(ray_session):
+    import functools
+
+    import gymnasium
+
+    from rllib_staq import evaluation
+
+    algo = tiny_config().build_algo()
+    try:
+        for _ in range(3):
+            algo.train()
+        make_env = functools.partial(gymnasium.make, "CartPole-v1")
+        # 5 episodes in chunks of 2, 2 and 1, so that the seeds of later chunks are checked too.
+        batched = evaluation.greedy_episode_returns(
+            algo.get_module(), make_env, 5, 100, max_in_parallel=2
+        )
+        expected = one_by_one_greedy_returns(algo.get_module(), make_env, range(100, 105))
+        assert batched == expected
+        assert len(set(expected)) > 1  # episodes of different lengths: a mixed-up seed shows
     finally:
         algo.stop()
 

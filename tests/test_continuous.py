@@ -14,6 +14,8 @@ from rllib_staq import StaQConfig, pmd
 from rllib_staq.torch.continuous_staq_torch_learner import ContinuousStaQTorchLearner
 from rllib_staq.torch.continuous_staq_torch_rl_module import ContinuousStaQTorchRLModule
 
+from conftest import one_by_one_greedy_returns
+
 OBS_SPACE = gym.spaces.Box(-1, 1, (3,), np.float32)
 ACTION_SPACE = gym.spaces.Box(-2, 2, (2,), np.float32)
 
@@ -260,6 +262,23 @@ def test_pendulum_builds_trains_and_round_trips_a_checkpoint(ray_session, tmp_pa
         assert int(_learner_module(restored).stack.num_pushes) == 3
     finally:
         restored.stop()
+
+
+def test_batched_final_evaluation_unsquashes_like_one_by_one_on_pendulum(ray_session):
+    import functools
+
+    from rllib_staq.evaluation import greedy_episode_returns
+
+    algo = tiny_pendulum_config().build_algo()
+    try:
+        algo.train()
+        make_env = functools.partial(gym.make, "Pendulum-v1")
+        batched = greedy_episode_returns(algo.get_module(), make_env, 3, 100)
+        expected = one_by_one_greedy_returns(algo.get_module(), make_env, range(100, 103))
+        assert batched == pytest.approx(expected, rel=1e-5)
+        assert len(set(expected)) == 3
+    finally:
+        algo.stop()
 
 
 def test_pendulum_example_flags_reach_its_config():
