@@ -295,10 +295,9 @@ def run_final_eval(args) -> None:
     for stack_size in args.stack_sizes:
         algo = minatar_config(args, stack_size).build_algo()
         try:
-            env = algo.env_creator(dict(algo.config.env_config))
-            prefill(algo, 1000, stack_size, env=env)
-            module = algo.get_module()
             make_env = functools.partial(algo.env_creator, dict(algo.config.env_config))
+            prefill(algo, 1000, stack_size, env=make_env())
+            module = algo.get_module()
             seconds, returns = {}, {}
             for name, max_in_parallel in (("one by one", 1), ("side by side", args.eval_episodes)):
                 start = time.perf_counter()

@@ -9,6 +9,7 @@ says why, before anything runs. The plain loop writes a run folder
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import signal
@@ -293,12 +294,8 @@ def final_greedy_evaluation(algo: StaQ, num_episodes: int, seed: int) -> List[fl
     """Greedy returns on fresh env seeds, with the local EnvRunner's synced module."""
     first_seed = FINAL_EVAL_FIRST_SEED + 1000 * seed
     if not algo.config.is_multi_agent:
-        return greedy_episode_returns(
-            algo.get_module(),
-            lambda: algo.env_creator(dict(algo.config.env_config)),
-            num_episodes,
-            first_seed,
-        )
+        make_env = functools.partial(algo.env_creator, dict(algo.config.env_config))
+        return greedy_episode_returns(algo.get_module(), make_env, num_episodes, first_seed)
     env = algo.env_creator(dict(algo.config.env_config))
     try:
         modules = {module_id: algo.get_module(module_id) for module_id in algo.config.policies}

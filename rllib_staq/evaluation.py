@@ -27,12 +27,8 @@ def greedy_action(module: RLModule, obs: np.ndarray):
     mapped from RLlib's normalised [-1, 1] box to the env's bounds, as RLlib's
     ``NormalizeAndClipActions`` connector does.
     """
-    batch = {Columns.OBS: torch.as_tensor(np.asarray(obs)[None])}
-    with torch.no_grad():
-        action = module.forward_inference(batch)[Columns.ACTIONS][0]
-    if isinstance(module.action_space, gym.spaces.Box):
-        return unsquash_action(action.numpy(), module.action_space)
-    return int(action)
+    action = greedy_actions(module, np.asarray(obs)[None])[0]
+    return action if isinstance(module.action_space, gym.spaces.Box) else int(action)
 
 
 # Episodes stepped side by side in one gymnasium vector env: one batched forward reads every
@@ -47,7 +43,8 @@ def greedy_actions(module: RLModule, observations: np.ndarray) -> np.ndarray:
         batch = {Columns.OBS: torch.as_tensor(np.asarray(observations))}
         actions = module.forward_inference(batch)[Columns.ACTIONS].numpy()
     if isinstance(module.action_space, gym.spaces.Box):
-        return np.stack([unsquash_action(action, module.action_space) for action in actions])
+        # RLlib's unsquash_action broadcasts the box's bounds over the batch dimension.
+        return unsquash_action(actions, module.action_space)
     return actions.astype(np.int64)
 
 
