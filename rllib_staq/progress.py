@@ -181,7 +181,7 @@ def legend(algo: Algorithm) -> str:
             "Columns:",
             "  done: share of the env-step or iteration budget spent (whichever is larger)",
             "  train return: mean return of the latest episodes of the epsilon-softmax "
-            "behaviour policy",
+            "behaviour policy (- until the first episode ends)",
             "  greedy return @ step: latest argmax evaluation, and the env step it ran at",
             f"  TD loss: on rewards x {algo.config.reward_scale} (reward_scale); it grows while "
             "the Q-values rise towards their fixed point, then falls",
@@ -205,6 +205,12 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def format_return(value: float) -> str:
+    """A return, or "-" while there is none yet (no episode has ended: Freeway's take 2500
+    steps, so a run with 16 vector envs ends its first ones after 40,000 env steps)."""
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def progress_line(record: IterationRecord, fraction: float, eta_s: float, greedy: str) -> str:
     cells = (
         f"{100 * fraction:5.1f}%",
@@ -212,7 +218,7 @@ def progress_line(record: IterationRecord, fraction: float, eta_s: float, greedy
         f"{record.env_steps}",
         f"{record.env_steps_per_s:.0f}",
         format_duration(eta_s),
-        f"{record.training_return:.2f}",
+        format_return(record.training_return),
         greedy,
         f"{record.td_loss:.3f}",
         f"{record.policy_entropy:.3f}",

@@ -236,3 +236,20 @@ def test_progress_line_averages_the_policies_of_a_multi_agent_run():
     mean = policies_mean(result)
     assert mean["td_loss"] == 2.0 and mean["policy_entropy"] == 0.5 and mean["stack_fill"] == 2
     assert policies_mean({"learners": {"default_policy": policy}})["td_loss"] == 1.0
+
+
+def test_progress_line_shows_a_dash_until_the_first_episode_ends():
+    from rllib_staq.progress import IterationRecord, progress_line
+
+    def line(training_return):
+        record = IterationRecord(
+            iteration=3, env_steps=3000, time_s=9.0, env_steps_per_s=333.0,
+            training_return=training_return, greedy_return=math.nan, td_loss=1.5, mean_q=2.0,
+            policy_entropy=0.9, kl_pi_k_pi_k_plus_1=0.01, stack_fill=3,
+        )  # fmt: skip
+        return [cell.strip() for cell in progress_line(record, 0.5, 9.0, "-").split("|")]
+
+    train_return = [name.strip() for name in header().split("|")].index("train return")
+    assert line(math.nan)[train_return] == "-"
+    assert "nan" not in " ".join(line(math.nan))
+    assert line(12.345)[train_return] == "12.35"
