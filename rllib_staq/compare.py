@@ -28,6 +28,10 @@ Outputs in ``--out``:
   ``Tuner.restore``: finished trials are kept, unfinished ones start again from scratch (no
   mid-run checkpoints: RLlib's replay buffers are not in new-stack checkpoints, so a resumed
   off-policy run would not be the run an uninterrupted one would have been).
+
+Ctrl-C stops the running experiment (Tune's handler) and no further one starts; the outputs
+are written from what was measured, the runs that stopped before the budget are
+``UNFINISHED`` in ``curves.csv`` and listed in ``results.md``, and the exit status is 130.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ CSV_COLUMNS = [
     "training_return",
     "trial_status",
 ]
+# The shell's code for a run ended by Ctrl-C (128 + SIGINT).
+INTERRUPTED_EXIT_CODE = 130
 EVALUATION_EPISODES = 10
 FINAL_EVALUATIONS = 3
 RANDOM_EPISODES = 100
@@ -279,10 +285,33 @@ def run_experiment(
     return tuner.fit()
 
 
-def tidy_rows(result, label: str, env: str) -> list[dict]:
+# trial_status in curves.csv: Tune's TERMINATED and ERROR, and our UNFINISHED.
+FINISHED, FAILED, UNFINISHED = "TERMINATED", "ERROR", "UNFINISHED"
+
+
+def trial_status(result, stop_timesteps: int) -> str:
+    """ERROR for a trial that raised; UNFINISHED for one that stopped without an error before
+    its env-step budget (Tune's only stop criterion here), which is what an interrupt (Ctrl-C,
+    SIGUSR1) leaves; else TERMINATED."""
+    if result.error:
+        return FAILED
+    frame = result.metrics_dataframe
+    reported = frame is not None and ENV_STEPS in frame and len(frame) > 0
+    return FINISHED if reported and frame[ENV_STEPS].iloc[-1] >= stop_timesteps else UNFINISHED
+
+
+def interrupted(result, stop_timesteps: int) -> bool:
+    """Whether a trial reported results and then stopped early without an error. (One that
+    never reported is listed as a failure by ``run_comparison``: Tune may have lost it.)"""
+    return result.metrics_dataframe is not None and trial_status(result, stop_timesteps) == (
+        UNFINISHED
+    )
+
+
+def tidy_rows(result, label: str, env: str, stop_timesteps: int) -> list[dict]:
     """One row per evaluation of one trial (iterations that did not evaluate dropped)."""
     frame = result.metrics_dataframe
-    status = "ERROR" if result.error else "TERMINATED"
+    status = trial_status(result, stop_timesteps)
     if frame is None or EVALUATED not in frame:
         return []
     frame = frame[frame[EVALUATED] == 1]
@@ -334,7 +363,11 @@ def run_comparison(
     max_concurrent_trials: int | None = None,
     print_fn=print,
 ):
-    """Runs every experiment; returns (tidy DataFrame, failures [(label, env, seed, error)])."""
+    """Runs every experiment; returns (tidy DataFrame, failures [(label, env, seed, error)]).
+
+    An interrupted experiment (Ctrl-C: Tune stops its trials, and ``fit`` returns) ends the
+    run: the experiments after it do not start, and its trials are marked UNFINISHED.
+    """
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
@@ -358,9 +391,10 @@ def run_comparison(
             max_concurrent_trials,
             print_fn,
         )
-        seeds_with_rows, experiment_rows = set(), []
+        seeds_with_rows, experiment_rows, stopped_early = set(), [], False
         for result in grid:
-            trial_rows = tidy_rows(result, experiment.label, experiment.env)
+            trial_rows = tidy_rows(result, experiment.label, experiment.env, stop_timesteps)
+            stopped_early |= interrupted(result, stop_timesteps)
             experiment_rows.extend(trial_rows)
             seeds_with_rows |= {row["seed"] for row in trial_rows}
             if result.error:
@@ -394,6 +428,14 @@ def run_comparison(
                 "no evaluation results",
                 flush=True,
             )
+        if stopped_early:
+            print_fn(
+                f"Interrupted during {experiment.label} on {experiment.env}: the experiments "
+                "after it were not started. Run the same command again to finish (finished "
+                "trials are kept, unfinished ones start again).",
+                flush=True,
+            )
+            break
     # Tune returns trials in no fixed order (a restore reorders them): sort, so the
     # same results always give the same file.
     frame = sorted_curves(pd.DataFrame(rows, columns=CSV_COLUMNS))
@@ -444,8 +486,19 @@ def random_score(env: str, episodes: int = RANDOM_EPISODES, seed: int = 0) -> fl
 
 
 def completed_runs(frame):
-    """Rows of runs that finished (failed runs are listed in the table instead)."""
-    return frame[frame["trial_status"] != "ERROR"]
+    """Rows of the runs that did not fail (failed runs are listed in the report instead;
+    unfinished ones are kept, and listed too)."""
+    return frame[frame["trial_status"] != FAILED]
+
+
+def unfinished_runs(frame) -> list[str]:
+    """One line per run that stopped before its budget, with the env steps it reached."""
+    unfinished = frame[frame["trial_status"] == UNFINISHED]
+    last_steps = unfinished.groupby(["algorithm", "env", "seed"], sort=False)["env_steps"].max()
+    return [
+        f"- {algo} {env} seed {seed}: last evaluation at {steps:,} env steps"
+        for (algo, env, seed), steps in last_steps.items()
+    ]
 
 
 def score_grid(frame, algo: str, env: str):
@@ -648,6 +701,8 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
     for algo in algos:
         _, _, _, returns = score_grid(frame, algo, env)
         finals[algo] = final_scores(returns)
+        if returns.shape[1] < 2:
+            continue  # the oscillation measures need first differences (an interrupted run)
         per_run = [reliability.curve_measures(run) for run in returns]
         measures[algo] = {
             name: np.array([run[name] for run in per_run]) for name in reliability.MEASURES
@@ -701,16 +756,17 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
     ]
     intervals = {
         name: reliability.interval_over_runs(
-            {a: measures[a][name] for a in algos}, reps=BOOTSTRAP_REPS
+            {a: measures[a][name] for a in measures}, reps=BOOTSTRAP_REPS
         )
         for name in reliability.MEASURES
     }
     for algo in algos:
-        lines.append(
-            f"| {algo} | "
-            + " | ".join(format_interval(*intervals[name][algo]) for name in reliability.MEASURES)
-            + " |"
+        cells = (
+            [format_interval(*intervals[name][algo]) for name in reliability.MEASURES]
+            if algo in measures
+            else ["- (one evaluation)"] * len(reliability.MEASURES)
         )
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -832,6 +888,16 @@ def write_report(
     lines += [f"- {label} {env} seed {seed}: {error}" for label, env, seed, error in failures] or [
         "None."
     ]
+    lines += ["", "## Unfinished runs (interrupted before the budget)", ""]
+    unfinished = unfinished_runs(frame)
+    if unfinished:
+        lines += unfinished + [
+            "",
+            "The tables and curves above are cut to the evaluations that every seed of an "
+            "algorithm reached. Running the same command again starts these runs again.",
+        ]
+    else:
+        lines.append("None.")
     lines += ["", "## Pictures", ""] + [f"![{name}]({name})" for name in pictures] + [""]
     path = out / "results.md"
     path.write_text("\n".join(lines))
@@ -982,6 +1048,9 @@ def execute(experiments, args, reference: str, title: str, command, print_fn=pri
     if failures:
         print_fn(f"{len(failures)} trial(s) failed (listed in {report})")
         return 1
+    if unfinished_runs(frame):
+        print_fn(f"Interrupted: unfinished runs are listed in {report}")
+        return INTERRUPTED_EXIT_CODE
     return 0
 
 
@@ -989,7 +1058,7 @@ def failures_in_csv(frame) -> list[tuple]:
     """The failed trials that ``curves.csv`` records (a trial with rows and status ERROR);
     a trial that died before its first result left no row, and only the run's own report
     lists it."""
-    failed = frame[frame["trial_status"] == "ERROR"]
+    failed = frame[frame["trial_status"] == FAILED]
     keys = failed[["algorithm", "env", "seed"]].drop_duplicates().itertuples(index=False)
     return [(algo, env, seed, "status ERROR in curves.csv") for algo, env, seed in keys]
 

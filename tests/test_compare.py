@@ -3,8 +3,10 @@
 import importlib.util
 import io
 import json
+import os
 import pathlib
 import re
+import signal
 import subprocess
 import tarfile
 
@@ -604,6 +606,38 @@ def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
     assert "### CartPole-v1" in text and "## Failed trials\n\nNone." in text
     assert (out / "curves_CartPole-v1_env_steps.png").exists()
     assert (out / "curves_CartPole-v1_wall_time.png").exists()
+
+
+def test_interrupt_stops_the_run_and_marks_its_trials_unfinished(
+    tmp_path, ray_session, capsys, monkeypatch
+):
+    """Tune's stop signal (Ctrl-C; SIGUSR1 here, which Tune handles the same way and pytest
+    does not) after StaQ's first evaluation: DQN never starts and StaQ's rows say UNFINISHED."""
+    report_result = compare.ProgressReporter.on_trial_result
+
+    def interrupt_after_the_first_evaluation(self, iteration, trials, trial, result, **info):
+        report_result(self, iteration, trials, trial, result, **info)
+        if result.get(compare.EVALUATED):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(
+        compare.ProgressReporter, "on_trial_result", interrupt_after_the_first_evaluation
+    )
+    argv = tiny_comparison_argv(tmp_path)
+    argv[argv.index("--seeds") + 1] = "1"
+    argv[argv.index("--stop-timesteps") + 1] = "600"
+    out = tmp_path / "out"
+    assert compare.main(argv) == compare.INTERRUPTED_EXIT_CODE
+    printed = capsys.readouterr().out
+    assert "Interrupted during StaQ on CartPole-v1" in printed and "[DQN" not in printed
+    csv = pd.read_csv(out / "curves.csv")
+    assert set(csv["algorithm"]) == {"StaQ"} and set(csv["trial_status"]) == {"UNFINISHED"}
+    assert csv["env_steps"].max() < 600
+    text = (out / "results.md").read_text()
+    assert "- StaQ CartPole-v1 seed 0: last evaluation at 200 env steps" in text
+    # One evaluation has no first differences: the oscillation measures are not defined.
+    assert "| StaQ | - (one evaluation) |" in text
+    assert "## Failed trials\n\nNone." in text
 
 
 @pytest.mark.slow
