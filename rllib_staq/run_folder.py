@@ -84,17 +84,14 @@ class RunFolder:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        steps = [r.env_steps for r in self.records]
         iterations = [r.iteration for r in self.records]
-        greedy = [
-            (r.env_steps, r.greedy_return) for r in self.records if not _is_nan(r.greedy_return)
-        ]
+        greedy = self._points("greedy_return")
+        # Only the iterations in which episodes ended: matplotlib breaks a line at each NaN,
+        # so a sparse series (Freeway, one iteration in 40) would draw nothing.
+        training = self._points("training_return")
         fig, (returns_ax, policy_ax) = plt.subplots(1, 2, figsize=(11, 4))
-        returns_ax.plot(
-            steps,
-            [r.training_return for r in self.records],
-            label="training return (epsilon-softmax)",
-        )
+        if training:
+            returns_ax.plot(*zip(*training), label="training return (epsilon-softmax)")
         if greedy:
             label = "greedy return (evaluation)"
             if self.policy_ids:
@@ -134,6 +131,12 @@ class RunFolder:
         fig.savefig(self.curve_path, dpi=100)
         plt.close(fig)
         return self.curve_path
+
+    def _points(self, field: str) -> List[tuple]:
+        """(env steps, value) of the iterations where ``field`` is not NaN."""
+        return [
+            (r.env_steps, getattr(r, field)) for r in self.records if not _is_nan(getattr(r, field))
+        ]
 
 
 def _is_nan(value) -> bool:

@@ -157,3 +157,34 @@ def test_no_tune_multi_agent_run_reports_each_policy(tmp_path, monkeypatch):
     assert "over 2 episodes on env seeds the in-training evaluations never use" in output
     with open(run_dir / "learning_curve.png", "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_draws_a_training_return_that_only_some_iterations_have(tmp_path, monkeypatch):
+    """Freeway's 2500-step episodes end in one iteration of 40: the line joins those points."""
+    import math
+
+    import matplotlib.figure
+
+    from rllib_staq.progress import IterationRecord
+    from rllib_staq.run_folder import RunFolder
+
+    folder = RunFolder(str(tmp_path))
+    for iteration, training_return in enumerate([math.nan, 3.0, math.nan, math.nan, 5.0], 1):
+        folder.record(
+            IterationRecord(
+                iteration=iteration, env_steps=1000 * iteration, time_s=1.0 * iteration,
+                env_steps_per_s=1000.0, training_return=training_return,
+                greedy_return=2.0 if iteration == 4 else math.nan, td_loss=1.0, mean_q=1.0,
+                policy_entropy=0.5, kl_pi_k_pi_k_plus_1=0.01, stack_fill=iteration,
+            )
+        )  # fmt: skip
+    figures = []
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda figure, *a, **k: figures.append(figure)
+    )
+    folder.plot("sparse returns")
+    lines = {line.get_label(): line for line in figures[0].axes[0].get_lines()}
+    training = lines["training return (epsilon-softmax)"]
+    assert list(training.get_xdata()) == [2000, 5000]
+    assert list(training.get_ydata()) == [3.0, 5.0]
+    assert list(lines["greedy return (evaluation)"].get_xdata()) == [4000]
