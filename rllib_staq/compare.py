@@ -303,9 +303,8 @@ def trial_status(result, stop_timesteps: int) -> str:
 def interrupted(result, stop_timesteps: int) -> bool:
     """Whether a trial reported results and then stopped early without an error. (One that
     never reported is listed as a failure by ``run_comparison``: Tune may have lost it.)"""
-    return result.metrics_dataframe is not None and trial_status(result, stop_timesteps) == (
-        UNFINISHED
-    )
+    reported = result.metrics_dataframe is not None
+    return reported and trial_status(result, stop_timesteps) == UNFINISHED
 
 
 def tidy_rows(result, label: str, env: str, stop_timesteps: int) -> list[dict]:
