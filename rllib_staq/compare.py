@@ -300,17 +300,10 @@ def trial_status(result, stop_timesteps: int) -> str:
     return FINISHED if reported and frame[ENV_STEPS].iloc[-1] >= stop_timesteps else UNFINISHED
 
 
-def interrupted(result, stop_timesteps: int) -> bool:
-    """Whether a trial reported results and then stopped early without an error. (One that
-    never reported is listed as a failure by ``run_comparison``: Tune may have lost it.)"""
-    reported = result.metrics_dataframe is not None
-    return reported and trial_status(result, stop_timesteps) == UNFINISHED
-
-
-def tidy_rows(result, label: str, env: str, stop_timesteps: int) -> list[dict]:
-    """One row per evaluation of one trial (iterations that did not evaluate dropped)."""
+def tidy_rows(result, label: str, env: str, status: str) -> list[dict]:
+    """One row per evaluation of one trial (iterations that did not evaluate dropped), each
+    carrying the trial's ``status``."""
     frame = result.metrics_dataframe
-    status = trial_status(result, stop_timesteps)
     if frame is None or EVALUATED not in frame:
         return []
     frame = frame[frame[EVALUATED] == 1]
@@ -392,8 +385,11 @@ def run_comparison(
         )
         seeds_with_rows, experiment_rows, stopped_early = set(), [], False
         for result in grid:
-            trial_rows = tidy_rows(result, experiment.label, experiment.env, stop_timesteps)
-            stopped_early |= interrupted(result, stop_timesteps)
+            status = trial_status(result, stop_timesteps)
+            trial_rows = tidy_rows(result, experiment.label, experiment.env, status)
+            # Reported, then stopped early without an error: an interrupt. (A trial that never
+            # reported is listed as a failure below: Tune may have lost it.)
+            stopped_early |= status == UNFINISHED and result.metrics_dataframe is not None
             experiment_rows.extend(trial_rows)
             seeds_with_rows |= {row["seed"] for row in trial_rows}
             if result.error:
