@@ -4,7 +4,10 @@
         --stop-timesteps 20000 --out DIR
 
 Every algorithm runs under the same protocol: ``num_env_runners`` (default 0), a greedy
-evaluation of 10 episodes every ``--eval-every`` env steps, the same env-step budget, one
+evaluation of 10 episodes every ``--eval-every`` env steps (each the first episode of its env,
+on the same env seeds for every algorithm: ``rllib_staq.evaluation.first_episode_evaluation``;
+RLlib's own rule, the first 10 episodes to end, favours short ones where a preset has vector
+envs), the same env-step budget, one
 ``tune.Tuner`` per (algorithm, env) with a grid over the seeds. Baselines use the named
 presets of ``rllib_staq.presets`` (RLlib's own tuned settings where it has them for that env,
 else its CartPole ones, and the preset's source says so), StaQ its tuned example of that env;
@@ -56,6 +59,7 @@ import numpy as np
 from ray.tune import Callback
 
 from rllib_staq import presets, reliability
+from rllib_staq.evaluation import first_episode_evaluation, first_episode_evaluation_errors
 from rllib_staq._commit import ARCHIVE_COMMIT
 from rllib_staq.progress import evaluated_this_iteration, metric_at
 
@@ -146,7 +150,12 @@ def with_common_protocol(experiment: Experiment, eval_every: int, num_env_runner
         evaluation_duration_unit="episodes",
         evaluation_num_env_runners=0,
         evaluation_config=evaluation_config,
+        # Each env's first episode, not the first to end: RLlib's rule favours short
+        # episodes wherever a preset has vector envs (DQN on MinAtar: 16).
+        custom_evaluation_function=first_episode_evaluation,
     )
+    for message in first_episode_evaluation_errors(config):
+        raise ValueError(f"{experiment.label} on {experiment.env}: {message}")
     existing = config.callbacks_on_train_result
     if existing is None:
         callbacks = mark_evaluated

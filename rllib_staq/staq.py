@@ -38,8 +38,10 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 from ray.rllib.utils.typing import LearningRateOrSchedule
+from ray.util.debug import log_once
 
 from rllib_staq import continuous, threads
+from rllib_staq.evaluation import first_episode_evaluation, first_episode_evaluation_errors
 from rllib_staq.multi_agent import (
     agent_action_spaces,
     declared_action_spaces,
@@ -335,6 +337,31 @@ class StaQConfig(AlgorithmConfig):
                 raise ValueError(f"{whose}: {error}" if whose else str(error)) from None
         for message in continuous.setting_conflicts(self, continuous.uses_box_path(self)):
             self._value_error(message)
+        self._validate_evaluation()
+
+    def _validate_evaluation(self) -> None:
+        if self.in_evaluation:  # the evaluation EnvRunners' copy: checked as part of its source
+            return
+        if self.custom_evaluation_function is first_episode_evaluation:
+            for message in first_episode_evaluation_errors(self):
+                self._value_error(message)
+        elif (
+            self.evaluation_interval
+            and self.custom_evaluation_function is None
+            and self.evaluation_duration_unit == "episodes"
+            and self.get_evaluation_config_object().num_envs_per_env_runner > 1
+            and log_once("staq_biased_episode_evaluation")
+        ):
+            # RLlib's rule, not a StaQ setting: reported, not refused.
+            logger.warning(
+                "StaQ: RLlib's evaluation of %s episodes on %d vector envs returns the first "
+                "episodes to end, so short episodes are over-represented (their mean reads "
+                "low where the return grows with the length). For each env's first episode, "
+                "set config.evaluation(custom_evaluation_function="
+                "rllib_staq.first_episode_evaluation).",
+                self.evaluation_duration,
+                self.get_evaluation_config_object().num_envs_per_env_runner,
+            )
 
     def _validate_per_module_overrides(self) -> None:
         """Per-module settings are checked as the main ones; algorithm-wide ones refused."""

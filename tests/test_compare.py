@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rllib_staq import ablate, compare, envs, presets
+from rllib_staq import ablate, compare, envs, first_episode_evaluation, presets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,6 +77,7 @@ def test_evaluation_schedule_must_fit_every_algorithm():
     config = compare.with_common_protocol(experiment, eval_every=8000, num_env_runners=0)
     assert config.evaluation_interval == 2 and config.evaluation_duration == 10
     assert config.evaluation_config["explore"] is False
+    assert config.custom_evaluation_function is first_episode_evaluation
     assert config.callbacks_on_train_result is compare.mark_evaluated
     # The DQN preset keeps its training settings; only its reporting stride is set.
     dqn = compare.with_common_protocol(
@@ -84,6 +85,13 @@ def test_evaluation_schedule_must_fit_every_algorithm():
     )
     assert dqn.min_sample_timesteps_per_iteration == 1000 and dqn.evaluation_interval == 4
     assert dqn.train_batch_size_per_learner == 32 and dqn.n_step == (2, 5)
+
+
+def test_a_config_the_common_evaluation_cannot_run_is_refused_before_anything_runs():
+    experiment = compare.build_experiments(["PPO"], ["CartPole-v1"])[0]
+    experiment.config.env_runners(env_to_module_connector=lambda *args: [])
+    with pytest.raises(ValueError, match="PPO on CartPole-v1: .*env_to_module_connector"):
+        compare.with_common_protocol(experiment, eval_every=8000, num_env_runners=0)
 
 
 def test_presets_build_the_baselines_of_every_env():

@@ -44,7 +44,7 @@ ones, and reads low: on Breakout's 500k checkpoint 0.54x of the unbiased mean
 
 import functools
 
-from rllib_staq import StaQConfig
+from rllib_staq import StaQConfig, first_episode_evaluation
 from rllib_staq.cli import example_parser
 from rllib_staq.envs import (
     MINATAR_GAMES,
@@ -89,6 +89,8 @@ def build_config(num_env_runners: int = 0, seed: int = 0, game: str = "Breakout"
             evaluation_duration=10,
             evaluation_duration_unit="episodes",
             evaluation_config=StaQConfig.overrides(explore=False),
+            # Each vector env's first episode (RLlib's own rule counts the first to end).
+            custom_evaluation_function=first_episode_evaluation,
         )
         .debugging(seed=seed)
     )

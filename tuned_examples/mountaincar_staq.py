@@ -21,7 +21,7 @@ value and the policy stays uniform (entropy ln 3). A uniform policy reached the 
 10,000 episodes (``benchmarks/mountaincar_random_walk.py``).
 """
 
-from rllib_staq import StaQConfig
+from rllib_staq import StaQConfig, first_episode_evaluation
 from rllib_staq.cli import example_parser
 
 parser = example_parser(default_reward=-150.0, default_timesteps=300_000)
@@ -52,6 +52,8 @@ def build_config(num_env_runners: int = 0, seed: int = 0) -> StaQConfig:
             evaluation_duration=10,
             evaluation_duration_unit="episodes",
             evaluation_config=StaQConfig.overrides(explore=False),
+            # Each vector env's first episode (RLlib's own rule counts the first to end).
+            custom_evaluation_function=first_episode_evaluation,
         )
         .debugging(seed=seed)
     )

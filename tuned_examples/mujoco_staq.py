@@ -38,7 +38,7 @@ env steps (commit 18f8e4b): 943 at the last evaluation, 1093 on 20 unseen seeds,
 
 import functools
 
-from rllib_staq import StaQConfig
+from rllib_staq import StaQConfig, first_episode_evaluation
 from rllib_staq.cli import example_parser
 from rllib_staq.envs import MUJOCO_ROBOTS, mujoco_env_name, require_extra
 
@@ -74,6 +74,8 @@ def build_config(num_env_runners: int = 0, seed: int = 0, robot: str = "Hopper")
             evaluation_duration=10,
             evaluation_duration_unit="episodes",
             evaluation_config=StaQConfig.overrides(explore=False),
+            # Each vector env's first episode (RLlib's own rule counts the first to end).
+            custom_evaluation_function=first_episode_evaluation,
         )
         .debugging(seed=seed)
     )
