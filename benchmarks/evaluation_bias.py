@@ -6,7 +6,8 @@ episodes on 16 envs) those are the N shortest of the episodes running, and where
 grows with the episode's length (Breakout, Seaquest, SpaceInvaders, a robot that stays up),
 their mean is biased low. This script replays that rule outside RLlib on a trained
 checkpoint, next to the unbiased mean of each env's first episode (what the ``--no-tune``
-final evaluation counts), on the same episodes:
+final evaluation counts, and the in-training ``rllib_staq.first_episode_evaluation`` that the
+vector-env examples use since 9d939f4), on the same episodes:
 
     python benchmarks/evaluation_bias.py --checkpoint RUN_DIR/checkpoint \\
         --env StaQ/MinAtar-Breakout-v1 --num-envs 16 --episodes 10 --rounds 3

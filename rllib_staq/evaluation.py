@@ -204,18 +204,20 @@ def first_episode_evaluation(algorithm, eval_env_runner_group) -> Tuple[Dict, in
     ``num_episodes``) under ``evaluation/env_runners`` like RLlib's own evaluation. The
     settings it cannot honour are refused (``first_episode_evaluation_errors``).
     """
-    config = algorithm.config
-    errors = first_episode_evaluation_errors(config)
+    errors = first_episode_evaluation_errors(algorithm.config)
     if errors:
         raise ValueError(errors[0])
-    num_episodes = config.evaluation_duration
+    num_episodes = algorithm.config.evaluation_duration
     first_seed = IN_TRAINING_EVAL_FIRST_SEED + algorithm.iteration * num_episodes
     seeds = list(range(first_seed, first_seed + num_episodes))
+    # The evaluation EnvRunners' settings: `evaluation_config` may override these.
+    evaluation_config = algorithm.evaluation_config
     play = functools.partial(
         _play_on_env_runner,
-        make_env=functools.partial(algorithm.env_creator, dict(config.env_config)),
+        make_env=functools.partial(algorithm.env_creator, dict(evaluation_config.env_config)),
         action_settings=dict(
-            normalize_actions=config.normalize_actions, clip_actions=config.clip_actions
+            normalize_actions=evaluation_config.normalize_actions,
+            clip_actions=evaluation_config.clip_actions,
         ),
     )
     if eval_env_runner_group.num_remote_env_runners() == 0:
@@ -292,6 +294,12 @@ def first_episode_evaluation_errors(config) -> List[str]:
     if config.evaluation_parallel_to_training:
         errors.append(f"{prefix} `evaluation_parallel_to_training` must be False, got True.")
     evaluation_config = config.get_evaluation_config_object()
+    if evaluation_config.env != config.env:
+        errors.append(
+            f"{prefix} the evaluation env must be the training env ({config.env!r}), got "
+            f"{evaluation_config.env!r} in `evaluation_config`; an `env_config` override is "
+            "honoured."
+        )
     if evaluation_config.explore is not False:
         errors.append(
             f"{prefix} its episodes are greedy: set `evaluation_config` explore=False, got "

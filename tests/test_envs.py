@@ -10,7 +10,7 @@ import torch
 from ray import tune
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from rllib_staq import DiscreteBoxActions, envs
+from rllib_staq import DiscreteBoxActions, envs, first_episode_evaluation
 from rllib_staq.staq import validate_action_space
 from rllib_staq.torch.default_staq_torch_rl_module import DefaultStaQTorchRLModule
 
@@ -249,6 +249,9 @@ def test_tuned_example_configs_validate(example, extra_module, kwargs, env):
     config = load_example(example).build_config(seed=3, **kwargs)
     config.validate()
     assert config.env == env and config.seed == 3
+    # With vector envs, RLlib's episode-count evaluation favours short episodes.
+    if config.get_evaluation_config_object().num_envs_per_env_runner > 1:
+        assert config.custom_evaluation_function is first_episode_evaluation
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,13 @@ class SeededLengthEnv(gym.Env):
     action_space = gym.spaces.Discrete(2)
 
     def __init__(self, config=None):
+        self._extra_steps = (config or {}).get("extra_steps", 0)
         self._steps_left = 0
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self._steps_left = 1 + (seed if seed is not None else int(self.np_random.integers(23))) % 23
+        seed = seed if seed is not None else int(self.np_random.integers(23))
+        self._steps_left = 1 + seed % 23 + self._extra_steps
         return np.zeros(2, np.float32), {}
 
     def step(self, action):
@@ -58,13 +60,16 @@ def eval_metrics(result):
 
 def test_each_env_counts_its_first_episode_on_the_evaluations_seeds(ray_session):
     config = evaluated(
-        tiny_config().environment(SeededLengthEnv).env_runners(num_envs_per_env_runner=4), 6
+        tiny_config().environment(SeededLengthEnv).env_runners(num_envs_per_env_runner=4),
+        6,
+        # The evaluation EnvRunners' env_config (here: 5 steps longer) is the one played.
+        evaluation_config={"explore": False, "env_config": {"extra_steps": 5}},
     )
     algo = config.build_algo()
     try:
         for iteration in range(2):
             metrics = eval_metrics(algo.train())
-            lengths = [1 + seed % 23 for seed in seeds_of_evaluation(iteration, 6)]
+            lengths = [6 + seed % 23 for seed in seeds_of_evaluation(iteration, 6)]
             assert metrics["episode_return_mean"] == pytest.approx(np.mean(lengths))
             assert metrics["episode_return_min"] == min(lengths)
             assert metrics["episode_return_max"] == max(lengths)
@@ -116,6 +121,7 @@ def test_remote_evaluation_env_runners_share_the_episodes(ray_session):
         (dict(evaluation_duration_unit="timesteps"), "evaluation_duration_unit"),
         (dict(evaluation_duration="auto"), "evaluation_duration"),
         (dict(evaluation_parallel_to_training=True), "evaluation_parallel_to_training"),
+        (dict(evaluation_config={"explore": False, "env": "Acrobot-v1"}), "evaluation env"),
     ],
 )
 def test_settings_it_cannot_honour_are_refused_at_validation(settings, named):
