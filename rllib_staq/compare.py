@@ -59,8 +59,8 @@ import numpy as np
 from ray.tune import Callback
 
 from rllib_staq import presets, reliability
-from rllib_staq.evaluation import first_episode_evaluation, first_episode_evaluation_errors
 from rllib_staq._commit import ARCHIVE_COMMIT
+from rllib_staq.evaluation import first_episode_evaluation, first_episode_evaluation_errors
 from rllib_staq.progress import evaluated_this_iteration, metric_at
 
 EVAL_RETURN = "evaluation/env_runners/episode_return_mean"

@@ -17,7 +17,7 @@ side by side.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -305,11 +305,12 @@ def first_episode_evaluation_errors(config) -> List[str]:
             f"{prefix} its episodes are greedy: set `evaluation_config` explore=False, got "
             f"explore={evaluation_config.explore!r}."
         )
-    for setting in ("env_to_module_connector", "module_to_env_connector"):
+    for pipeline in ("env_to_module", "module_to_env"):
+        setting = f"{pipeline}_connector"
         # AlgorithmConfig keeps `env_runners(<setting>=...)` in a private attribute.
         custom_connector = getattr(evaluation_config, f"_{setting}") is not None
-        default_connectors = getattr(evaluation_config, f"add_default_connectors_to_{setting[:-10]}_pipeline")
-        if custom_connector or not default_connectors:
+        defaults = getattr(evaluation_config, f"add_default_connectors_to_{pipeline}_pipeline")
+        if custom_connector or not defaults:
             errors.append(
                 f"{prefix} `{setting}` must be None with the default pipeline (its rollouts "
                 "apply RLlib's default connectors only); use RLlib's own evaluation with "

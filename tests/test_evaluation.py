@@ -179,8 +179,12 @@ def test_rllibs_biased_episode_evaluation_is_reported_once(caplog):
     from ray.util.debug import reset_log_once
 
     reset_log_once("staq_biased_episode_evaluation")
-    config = tiny_config().env_runners(num_envs_per_env_runner=4).evaluation(
-        evaluation_interval=1, evaluation_duration=10, evaluation_config={"explore": False}
+    config = (
+        tiny_config()
+        .env_runners(num_envs_per_env_runner=4)
+        .evaluation(
+            evaluation_interval=1, evaluation_duration=10, evaluation_config={"explore": False}
+        )
     )
     with caplog.at_level(logging.WARNING, logger="rllib_staq.staq"):
         config.validate()
