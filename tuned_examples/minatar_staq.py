@@ -37,7 +37,8 @@ Freeway >= 20, Seaquest >= 2, SpaceInvaders >= 15; ``--stop-reward`` defaults to
 Measured with ``--no-tune --stop-timesteps=500000 --stop-reward=inf --seed 0``
 (docs/results_environments.md; 1 seed, one torch thread, a 2-core CPU, two runs side by side;
 ``--stop-reward=inf`` turns the early stop at the target off). The final evaluation at 500k
-on 20 unseen env seeds (random policy: 0.3, 0.3, 0.03, 4.8, 0.4):
+on 20 unseen env seeds (random policy: Breakout 0.3, Asterix 0.4, Freeway 0.3, Seaquest 0.03,
+SpaceInvaders 4.8):
 - on this evaluation (commit 9d939f4): Breakout 10.3, 9.9 over the last 3 in-training
   evaluations; Asterix 21.3, 22.0 in training (107 minutes each on a slower machine);
 - before it (commit aacccf1, in-training evaluation by RLlib's rule, biased low): Breakout
