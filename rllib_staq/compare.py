@@ -154,8 +154,9 @@ def with_common_protocol(experiment: Experiment, eval_every: int, num_env_runner
         # episodes wherever a preset has vector envs (DQN on MinAtar: 16).
         custom_evaluation_function=first_episode_evaluation,
     )
-    for message in first_episode_evaluation_errors(config):
-        raise ValueError(f"{experiment.label} on {experiment.env}: {message}")
+    errors = first_episode_evaluation_errors(config)
+    if errors:
+        raise ValueError(f"{experiment.label} on {experiment.env}: {errors[0]}")
     existing = config.callbacks_on_train_result
     if existing is None:
         callbacks = mark_evaluated

@@ -345,13 +345,16 @@ class StaQConfig(AlgorithmConfig):
         if self.custom_evaluation_function is first_episode_evaluation:
             for message in first_episode_evaluation_errors(self):
                 self._value_error(message)
-        elif (
+            return
+        counts_episodes_with_rllibs_rule = (
             self.evaluation_interval
             and self.custom_evaluation_function is None
             and self.evaluation_duration_unit == "episodes"
-            and self.get_evaluation_config_object().num_envs_per_env_runner > 1
-            and log_once("staq_biased_episode_evaluation")
-        ):
+        )
+        if not counts_episodes_with_rllibs_rule:
+            return
+        num_envs = self.get_evaluation_config_object().num_envs_per_env_runner
+        if num_envs > 1 and log_once("staq_biased_episode_evaluation"):
             # RLlib's rule, not a StaQ setting: reported, not refused.
             logger.warning(
                 "StaQ: RLlib's evaluation of %s episodes on %d vector envs returns the first "
@@ -360,7 +363,7 @@ class StaQConfig(AlgorithmConfig):
                 "set config.evaluation(custom_evaluation_function="
                 "rllib_staq.first_episode_evaluation).",
                 self.evaluation_duration,
-                self.get_evaluation_config_object().num_envs_per_env_runner,
+                num_envs,
             )
 
     def _validate_per_module_overrides(self) -> None:
