@@ -61,7 +61,7 @@ from ray.tune import Callback
 from rllib_staq import presets, reliability
 from rllib_staq._commit import ARCHIVE_COMMIT
 from rllib_staq.evaluation import first_episode_evaluation, first_episode_evaluation_errors
-from rllib_staq.progress import evaluated_this_iteration, metric_at
+from rllib_staq.progress import evaluated_this_iteration, format_return, metric_at
 
 EVAL_RETURN = "evaluation/env_runners/episode_return_mean"
 TRAIN_RETURN = "env_runners/episode_return_mean"
@@ -227,7 +227,8 @@ class ProgressReporter(Callback):
         print(
             f"[{self.label} {self.env} seed {trial.config.get('seed')}] "
             f"{100 * min(steps / self.stop, 1):5.1f}% steps {steps:7d} "
-            f"| train {training:8.2f} "
+            # "-" until an episode ends in an iteration, as in the tuned examples' line.
+            f"| train {format_return(training):>8} "
             f"| greedy {self.latest_greedy.get(trial.trial_id, '-'):>16} "
             f"| {result.get('time_total_s', 0):7.1f}s | trials: {self._states(trials)}",
             flush=True,

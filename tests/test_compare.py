@@ -616,6 +616,24 @@ def test_tiny_comparison_through_tune(tmp_path, ray_session, capsys):
     assert (out / "curves_CartPole-v1_wall_time.png").exists()
 
 
+def test_progress_line_shows_a_dash_until_an_episode_ends(capsys):
+    """An iteration in which no training episode ended prints "-", not nan."""
+
+    class FakeTrial:
+        trial_id, status, config = "t0", "RUNNING", {"seed": 3}
+
+    reporter = compare.ProgressReporter("StaQ", "LunarLander-v3", stop_timesteps=1000)
+    no_episode_yet = {"env_runners": {"num_env_steps_sampled_lifetime": 100}}
+    with_episode = {
+        "env_runners": {"num_env_steps_sampled_lifetime": 200, "episode_return_mean": -12.5}
+    }
+    for result in (no_episode_yet, with_episode):
+        reporter.on_trial_result(0, [FakeTrial()], FakeTrial(), result)
+    first, second = capsys.readouterr().out.splitlines()
+    assert "| train        - |" in first and "nan" not in first
+    assert "| train   -12.50 |" in second
+
+
 def test_interrupt_stops_the_run_and_marks_its_trials_unfinished(
     tmp_path, ray_session, capsys, monkeypatch
 ):
