@@ -14,10 +14,12 @@ and target period (100), M = 50 and tau annealed over 150k env steps to fit a 30
 budget, and 4 vector envs (README "Performance", acting: 0.23 instead of 0.79 ms per env
 step at M=1). Greedy evaluation of 10 episodes every 10k env steps.
 
-Measured (docs/results_environments.md): 3 seeds to 300k env steps, greedy evaluation of 10
-episodes every 20k. Seed 1 reached 200 at 120k and held 231-279; seed 0 reached 208 at 260k,
-then 185 and 128; seed 2 stayed on the hovering plateau (-47 to 8). Last-3-evaluation mean
-149 +- 141 over seeds: the issue's target (>= 200 on 3 seeds) is not met.
+Measured (docs/results_environments.md): 3 seeds to 300k env steps through
+``python -m rllib_staq.compare`` (greedy evaluation of 10 episodes every 20k, each env's first
+episode), 2026-12-07. Seed 1 reached 200 at 140k and ended at 257; seed 0 left the hovering
+plateau at 220k and reached 199 at 260k; seed 2 hovered throughout (-57 to 6). Last-3-evaluation
+mean 132.3 [-3.4, 210.8] over seeds: the issue's target (>= 200 on 3 seeds) is not met. RLlib's
+DQN on its CartPole settings, beside it: 222.2 [176.9, 251.2], 200 on all 3 seeds.
 """
 
 from rllib_staq import StaQConfig, first_episode_evaluation
