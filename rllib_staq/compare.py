@@ -1105,6 +1105,19 @@ def check_or_record_protocol(out: pathlib.Path, protocol: dict) -> None:
     path.write_text(json.dumps(protocol, indent=1) + "\n")
 
 
+def on_the_same_schedule(steps: list, known: list) -> bool:
+    """Whether a run's evaluations (env steps, sorted) fall on the marks of ``known``.
+
+    With vector envs an iteration samples a few env steps more or less than its nominal
+    size, so the i-th evaluations of two seeds land some env steps apart (RLlib's DQN on
+    MinAtar Breakout, seeds 0 and 1: 20268 and 20205); another ``--eval-every`` or
+    iteration size moves them by at least half an interval. Only the shorter run's length
+    is compared: an unfinished run is on the schedule too.
+    """
+    tolerance = known[0] / 2  # half the first interval
+    return all(abs(mine - theirs) < tolerance for mine, theirs in zip(steps, known))
+
+
 def merge_curves(frame, included: dict[str, object]):
     """``frame`` plus the rows of each included CSV (name -> DataFrame), sorted as
     ``curves.csv`` keeps them. A run (algorithm, env, seed) in two files is refused, and
@@ -1134,8 +1147,7 @@ def merge_curves(frame, included: dict[str, object]):
             )
         known = schedules(merged)
         for key, steps in schedules(extra).items():
-            shorter = min(len(steps), len(known.get(key, steps)))
-            if key in known and known[key][:shorter] != steps[:shorter]:
+            if key in known and not on_the_same_schedule(steps, known[key]):
                 raise ValueError(
                     f"--include {name}: {key[0]} on {key[1]} evaluated at env steps "
                     f"{steps[:4]}..., the report's runs at {known[key][:4]}... "

@@ -516,6 +516,17 @@ def test_report_only_include_merges_the_seeds_of_two_runs(tmp_path, monkeypatch,
     # The same seed twice, and a run on another evaluation schedule, are refused.
     with pytest.raises(ValueError, match=r"runs already in the report: \[\('A', 'Acrobot-v1', 2\)"):
         compare.main(argv)
+    # Vector envs: the same schedule a few env steps off (each iteration samples a few more).
+    jittered = full[full["seed"] == 2].assign(seed=4, env_steps=lambda f: f["env_steps"] + 37)
+    jittered.to_csv(more / "jittered.csv", index=False)
+    assert (
+        compare.main(
+            ["--out", str(first), "--report-only", "--include", str(more / "jittered.csv")]
+        )
+        == 0
+    )
+    text = (first / "results.md").read_text()
+    assert "| A | 4 | 500.0 [500.0, 500.0] | - | 5,000, 5,000, 5,000, 5,037 |" in text
     shifted = full[full["seed"] == 2].assign(seed=5, env_steps=lambda f: f["env_steps"] * 2)
     shifted.to_csv(more / "shifted.csv", index=False)
     with pytest.raises(ValueError, match="A on Acrobot-v1 evaluated at env steps"):
