@@ -23,7 +23,8 @@ noisy machine. Parts:
   example's settings (``tuned_examples/minatar_staq.py``: 1000 env steps and
   250 gradient steps per iteration, 16 vector envs) with only M changed, a
   pre-filled stack and a replay table pre-filled with random-policy
-  transitions of ``--game``.
+  transitions of ``--game``; ``--stack-dtypes float32,bfloat16`` adds the
+  EnvRunners' bf16 acting stack (``stack_dtype``), each M against float32 M=1.
 * ``acting``: EnvRunner time per env step against M and the number of vector envs.
 * ``e2e``: env-steps/s on CartPole of StaQ (paper settings, with 1 env as the
   official code and with 16 vector envs), RLlib's DQN at the same
@@ -205,8 +206,8 @@ def run_split(args) -> None:
     print_split_table(args, build, env_factory=None)
 
 
-def minatar_config(args, stack_size: int) -> StaQConfig:
-    """The MinAtar tuned example's config with only M changed (and no evaluation)."""
+def minatar_config(args, stack_size: int, stack_dtype: str = "float32") -> StaQConfig:
+    """The MinAtar tuned example's config with only M and ``stack_dtype`` changed, no evaluation."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tuned_examples")
@@ -214,7 +215,8 @@ def minatar_config(args, stack_size: int) -> StaQConfig:
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     config = example.build_config(game=args.game)
-    config.training(stack_size=stack_size).evaluation(evaluation_interval=None)
+    config.training(stack_size=stack_size, stack_dtype=stack_dtype)
+    config.evaluation(evaluation_interval=None)
     config.debugging(seed=0, log_level="ERROR")
     if args.device == "cuda":
         config.learners(num_learners=0, num_gpus_per_learner=1)
@@ -246,20 +248,28 @@ def run_minatar_split(args) -> None:
         f"{args.device}; mean of {args.iterations} iterations after 1 warm-up"
     )
 
-    def build(stack_size: int):
-        return minatar_config(args, stack_size).build_algo()
-
     def env_factory(algo):
         return algo.env_creator(dict(algo.config.env_config))
 
-    print_split_table(args, build, env_factory)
+    baseline = None  # float32 (the first dtype) at the first M, for every table
+    for stack_dtype in args.stack_dtypes:
+        if len(args.stack_dtypes) > 1:
+            print(f"\nstack_dtype={stack_dtype} (ratios against {args.stack_dtypes[0]})")
+
+        def build(stack_size: int, stack_dtype=stack_dtype):
+            return minatar_config(args, stack_size, stack_dtype).build_algo()
+
+        baseline = print_split_table(args, build, env_factory, baseline)
 
 
-def print_split_table(args, build, env_factory) -> None:
-    """One row per M: the mean split of ``--iterations`` iterations after a warm-up."""
-    print("| M | " + " | ".join(SPLIT_COLUMNS) + " | total / total(M=1) |")
+def print_split_table(args, build, env_factory, baseline=None) -> float:
+    """One row per M: the mean split of ``--iterations`` iterations after a warm-up.
+
+    Ratios are against ``baseline`` (seconds), or else this table's first M; returns
+    the baseline used.
+    """
+    print("| M | " + " | ".join(SPLIT_COLUMNS) + " | total / baseline total |")
     print("|---" * (len(SPLIT_COLUMNS) + 2) + "|")
-    baseline = None
     for stack_size in args.stack_sizes:
         algo = build(stack_size)
         try:
@@ -279,6 +289,7 @@ def print_split_table(args, build, env_factory) -> None:
         baseline = baseline or mean["total"]
         cells = " | ".join(f"{mean[key]:.2f}" for key in SPLIT_COLUMNS)
         print(f"| {stack_size} | {cells} | {mean['total'] / baseline:.2f}x |", flush=True)
+    return baseline
 
 
 def run_final_eval(args) -> None:
@@ -790,6 +801,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stack-sizes", default="1,50,300")
     parser.add_argument("--game", default="Breakout", help="MinAtar game of `minatar-split`")
+    parser.add_argument(
+        "--stack-dtypes",
+        default="float32",
+        help="EnvRunner stack dtypes of `minatar-split`, float32 first (e.g. float32,bfloat16)",
+    )
     parser.add_argument("--env-steps", type=int, default=5000)
     parser.add_argument("--grad-steps", type=int, default=5000)
     parser.add_argument(
@@ -839,6 +855,9 @@ def main() -> None:
     args = parser.parse_args()
     args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
     args.num_envs = [int(n) for n in args.num_envs.split(",")]
+    args.stack_dtypes = args.stack_dtypes.split(",")
+    if args.stack_dtypes[0] != "float32" or not set(args.stack_dtypes) <= {"float32", "bfloat16"}:
+        parser.error("--stack-dtypes: float32 first, then optionally bfloat16")
     args.sb3_envs = [int(n) for n in args.sb3_envs.split(",")]
     args.sb3_staq_variants = args.sb3_staq_variants.split(",")
     unknown = sorted(set(args.sb3_staq_variants) - set(SB3_STAQ_VARIANTS))
