@@ -20,6 +20,9 @@ episode), 2026-12-07. Seed 1 reached 200 at 140k and ended at 257; seed 0 left t
 plateau at 220k and reached 199 at 260k; seed 2 hovered throughout (-57 to 6). Last-3-evaluation
 mean 132.3 [-3.4, 210.8] over seeds: the issue's target (>= 200 on 3 seeds) is not met. RLlib's
 DQN on its CartPole settings, beside it: 222.2 [176.9, 251.2], 200 on all 3 seeds.
+Tried and not adopted (same page): M=300 or a 300k replay on the hovering seed 2 (it still
+hovered), and tau annealed to 0.1: seeds 0 and 2 reached 200, seed 1 hovered instead
+(153.8 [-6.7, 243.2], not established against 0.4).
 """
 
 from rllib_staq import StaQConfig, first_episode_evaluation
