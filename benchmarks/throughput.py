@@ -82,6 +82,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from rllib_staq import StaQConfig, pmd
+from rllib_staq.settings import STACK_DTYPES
 from rllib_staq.staq_learner import NUM_GRAD_STEPS_KEY
 from rllib_staq.torch.staq_torch_learner import StaQTorchLearner
 
@@ -856,8 +857,8 @@ def main() -> None:
     args.stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
     args.num_envs = [int(n) for n in args.num_envs.split(",")]
     args.stack_dtypes = args.stack_dtypes.split(",")
-    if args.stack_dtypes[0] != "float32" or not set(args.stack_dtypes) <= {"float32", "bfloat16"}:
-        parser.error("--stack-dtypes: float32 first, then optionally bfloat16")
+    if args.stack_dtypes[0] != "float32" or not set(args.stack_dtypes) <= set(STACK_DTYPES):
+        parser.error(f"--stack-dtypes: float32 first, then any of {STACK_DTYPES}")
     args.sb3_envs = [int(n) for n in args.sb3_envs.split(",")]
     args.sb3_staq_variants = args.sb3_staq_variants.split(",")
     unknown = sorted(set(args.sb3_staq_variants) - set(SB3_STAQ_VARIANTS))
