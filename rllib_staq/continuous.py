@@ -51,6 +51,7 @@ DISCRETE_ONLY_REASONS: Dict[str, Tuple[Any, str]] = {
         "the Box path's EnvRunners hold only the actor, no acting stack",
     ),
     "fqi_matmul_dtype": ("float32", "the Box critics' FQI has no bf16 autocast path"),
+    "n_step": (1, "the Box critics' FQI targets are 1-step"),
 }
 
 _SPACE_CACHE: Dict[Tuple[str, str], gym.Space] = {}

@@ -342,17 +342,22 @@ def soft_sarsa_target(
     gamma: float,
     reward_scale: float,
     next_actions: Optional[Tensor] = None,
+    horizons: Optional[Tensor] = None,
 ) -> Tensor:
     """The FQI regression target of one iteration (Eq. 8 of the paper).
 
     ``y = reward_scale*r + gamma*(1-terminated)*(Qbar(s',a') + tau*H(pi_k(.|s')))``
 
     Args:
-        rewards, terminateds: ``[B]``.
+        rewards, terminateds: ``[B]``. For n-step transitions ``rewards`` holds
+            :func:`n_step_returns` and s' is the state ``horizons`` steps ahead.
         next_target_q: ``[B, A]``, the target network at s' (ensemble-reduced).
         next_policy_logits: ``[B, A]``, xi_k at s' (fixed during the iteration).
         next_actions: ``[B]`` sampled a' ~ pi_k(.|s'); ``None`` takes the exact
             expectation over pi_k instead (lower variance).
+        horizons: ``[B]`` steps between s and s' (:func:`n_step_horizons`);
+            ``None`` is 1 for every transition. The bootstrap is discounted by
+            ``gamma^horizon``.
 
     Returns:
         ``[B]``. Truncated transitions bootstrap (only ``terminateds`` cut).
@@ -363,7 +368,31 @@ def soft_sarsa_target(
     else:
         next_q = next_target_q.gather(-1, next_actions.long().unsqueeze(-1)).squeeze(-1)
     soft_value = next_q + entropy_coeff * categorical_entropy(next_policy_logits)
-    return reward_scale * rewards + gamma * (1.0 - terminateds.float()) * soft_value
+    discount = gamma if horizons is None else gamma ** horizons.float()
+    return reward_scale * rewards + discount * (1.0 - terminateds.float()) * soft_value
+
+
+def n_step_horizons(num_steps: int, n_step: int) -> Tensor:
+    """``k_t = min(n, T - t)``: how far each transition of an episode chunk looks ahead.
+
+    Returns ``[T]`` (int64) for the ``T`` transitions of one chunk. The last
+    ``n - 1`` transitions of a chunk look ahead only as far as the chunk goes
+    (a chunk ends at an episode's end or at a sampling boundary); each target
+    then bootstraps from the state its horizon reaches, which keeps it valid.
+    """
+    return torch.clamp(num_steps - torch.arange(num_steps), max=n_step)
+
+
+def n_step_returns(rewards: Tensor, gamma: float, n_step: int) -> Tensor:
+    """``R_t = sum_{j < k_t} gamma^j r_{t+j}`` over one episode chunk: ``[T] -> [T]``.
+
+    ``k_t`` is :func:`n_step_horizons`: rewards past the chunk's end count as 0.
+    The n-step FQI target (README, deviation "n-step targets") is then
+    ``reward_scale * R_t + gamma^k_t * (1 - terminated) * (Qbar(s_{t+k_t}, a') + tau * H)``.
+    """
+    windows = F.pad(rewards, (0, n_step - 1)).unfold(0, n_step, 1)  # [T, n]
+    discounts = gamma ** torch.arange(n_step, dtype=rewards.dtype)  # [n]
+    return windows @ discounts
 
 
 # --------------------------------------------------------------------------- #

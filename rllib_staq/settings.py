@@ -108,6 +108,8 @@ SETTING_CHECKS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "ensemble_target": (lambda v: v in ENSEMBLE_TARGETS, f"one of {ENSEMBLE_TARGETS}"),
     "reward_scale": _POSITIVE,
     "expected_next_value": _BOOL,
+    # One n for every transition (RLlib's DQN also takes a (low, high) range).
+    "n_step": _INT_AT_LEAST_ONE,
     "replay_buffer_config": (
         lambda v: isinstance(v, dict),
         "a dict such as {'type': 'EpisodeReplayBuffer', 'capacity': 50000}",

@@ -103,6 +103,9 @@ class StaQConfig(AlgorithmConfig):
         self.ensemble_target = "mean"
         self.reward_scale = 10.0
         self.expected_next_value = False
+        # 1 is the paper's target; n > 1 bootstraps n env steps ahead (README,
+        # deviation "n-step targets").
+        self.n_step = 1
         self.replay_buffer_config = {"type": "EpisodeReplayBuffer", "capacity": 50_000}
         self.store_buffer_in_checkpoints = False
         # Incremental updates decay old rounding errors by beta per push, so the
@@ -161,6 +164,7 @@ class StaQConfig(AlgorithmConfig):
         ensemble_target: Optional[str] = NotProvided,
         reward_scale: Optional[float] = NotProvided,
         expected_next_value: Optional[bool] = NotProvided,
+        n_step: Optional[int] = NotProvided,
         replay_buffer_config: Optional[Dict[str, Any]] = NotProvided,
         store_buffer_in_checkpoints: Optional[bool] = NotProvided,
         exact_refresh_interval: Optional[int] = NotProvided,
@@ -195,6 +199,10 @@ class StaQConfig(AlgorithmConfig):
             reward_scale: Rewards are multiplied by this in the FQI target.
             expected_next_value: False samples one a' ~ pi_k (paper); True uses
                 the exact expectation over pi_k.
+            n_step: Env steps each FQI target looks ahead: 1 (the paper), or
+                n > 1 for ``sum_{j<n} gamma^j r_{t+j}`` plus the bootstrap at
+                ``s_{t+n}`` discounted by ``gamma^n`` (fewer where the sampled
+                episode chunk ends first). Discrete actions only.
             replay_buffer_config: RLlib episode replay buffer config; ``capacity``
                 is also the size of the learner's transition table.
             store_buffer_in_checkpoints: Store the replay data in checkpoints.
@@ -245,6 +253,7 @@ class StaQConfig(AlgorithmConfig):
             ensemble_target=ensemble_target,
             reward_scale=reward_scale,
             expected_next_value=expected_next_value,
+            n_step=n_step,
             store_buffer_in_checkpoints=store_buffer_in_checkpoints,
             exact_refresh_interval=exact_refresh_interval,
             intra_op_threads=intra_op_threads,

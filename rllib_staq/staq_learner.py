@@ -61,3 +61,6 @@ NEXT_STACK_SUM = "next_stack_sum"
 # Version (num_pushes) of the stack that produced NEXT_STACK_SUM when acting;
 # -1 where no acting output exists (episode-chunk ends, data from elsewhere).
 NEXT_STACK_VERSION = "next_stack_version"
+# [B] steps between a transition's state and the state its target bootstraps
+# from (1 for every row unless `n_step` > 1; connectors.n_step_columns).
+N_STEP_HORIZONS = "n_step_horizons"

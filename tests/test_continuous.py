@@ -388,7 +388,8 @@ def test_bad_actor_settings_refused(name, value):
 
 
 @pytest.mark.parametrize(
-    "name,value", [("expected_next_value", True), ("exact_refresh_interval", 10)]
+    "name,value",
+    [("expected_next_value", True), ("exact_refresh_interval", 10), ("n_step", 3)],
 )
 def test_discrete_only_settings_refused_for_a_box(name, value):
     config = tiny_pendulum_config(**{name: value})

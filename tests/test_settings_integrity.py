@@ -40,6 +40,7 @@ NON_DEFAULTS = {
     "ensemble_target": "min",
     "reward_scale": 2.0,
     "expected_next_value": True,
+    "n_step": 3,
     "replay_buffer_config": {"type": "EpisodeReplayBuffer", "capacity": 900},
     "store_buffer_in_checkpoints": True,
     "exact_refresh_interval": 11,
@@ -113,6 +114,8 @@ def test_rllib_deprecated_fields_still_dropped_from_state():
         ("weight_correction", "yes"),
         ("scale_entropy_by_log_actions", 1),
         ("expected_next_value", None),
+        ("n_step", 0),
+        ("n_step", (2, 5)),  # RLlib's DQN samples n per batch; StaQ takes one n
         ("store_buffer_in_checkpoints", "False"),
         ("ensemble_target", "max"),
         ("exact_refresh_interval", 0),

@@ -30,7 +30,10 @@ from ray.rllib.utils.typing import ModuleID
 from torch.optim.adam import adam as functional_adam
 
 from rllib_staq import pmd, threads
-from rllib_staq.connectors import AddNextStackSumsFromEpisodesToTrainBatch
+from rllib_staq.connectors import (
+    AddNextStackSumsFromEpisodesToTrainBatch,
+    AddNStepTransitionsFromEpisodesToTrainBatch,
+)
 from rllib_staq.replay import TransitionTable
 from rllib_staq.staq_learner import (
     ALPHA_KEY,
@@ -43,6 +46,7 @@ from rllib_staq.staq_learner import (
     MAX_ABS_Q_BOUND_KEY,
     MAX_ABS_Q_KEY,
     MEAN_Q_KEY,
+    N_STEP_HORIZONS,
     NEXT_LOGITS_TIMER,
     NEXT_STACK_SUM,
     NEXT_STACK_VERSION,
@@ -174,7 +178,30 @@ class StaQTorchLearner(StaQTorchLearnerBase):
             AddNextObservationsFromEpisodesToTrainBatch,
             AddNextStackSumsFromEpisodesToTrainBatch(),
         )
+        if self._uses_n_step():
+            # Before RLlib's pieces: they skip the columns it has written.
+            self._learner_connector.insert_after(
+                AddObservationsFromEpisodesToBatch,
+                AddNStepTransitionsFromEpisodesToTrainBatch(
+                    n_step_and_gamma=self._n_step_and_gamma
+                ),
+            )
         self._flat_adams: Dict[ModuleID, FlatAdam] = {}
+
+    @override(StaQTorchLearnerBase)
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        for table in self._tables.values():
+            # Tables checkpointed before n-step targets existed hold 1-step rows.
+            if table.columns and N_STEP_HORIZONS not in table.columns:
+                table.columns[N_STEP_HORIZONS] = torch.ones(table.capacity, device=table.device)
+
+    def _uses_n_step(self) -> bool:
+        return any(self._n_step_and_gamma(module_id)[0] > 1 for module_id in self.module.keys())
+
+    def _n_step_and_gamma(self, module_id: ModuleID) -> Tuple[int, float]:
+        config = self._module_config(module_id)
+        return config.n_step, config.gamma
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id: ModuleID, config=None) -> None:
@@ -390,23 +417,28 @@ class StaQTorchLearner(StaQTorchLearnerBase):
             table.filled(Columns.TERMINATEDS),
             table.filled(NEXT_STACK_SUM),
             tau,
+            table.filled(N_STEP_HORIZONS),
         )
 
     @torch.no_grad()
-    def target_rows(self, module_id, module, rewards, terminateds, next_sums, tau: float):
+    def target_rows(
+        self, module_id, module, rewards, terminateds, next_sums, tau: float, horizons=None
+    ):
         """The parts of Eq. 8 that stay fixed during a phase, per transition: ``[N, 3 + A]``.
 
-        Columns: ``reward_scale * r``, ``gamma * (1 - terminated)``,
+        Columns: ``reward_scale * r``, ``gamma^horizon * (1 - terminated)``
+        (``horizons`` None: 1 for every row),
         ``tau * H(pi_k(.|s'))`` and pi_k(.|s') (from the cached unscaled
         next-state sums). All row-wise, so gathering a minibatch's rows gives the
         values a per-minibatch computation gives, bit for bit (tests).
         """
         config = self._module_config(module_id)
         next_logits = module.logit_scale * next_sums  # [N, A]
+        discounts = config.gamma if horizons is None else config.gamma ** horizons.float()
         return torch.cat(
             [
                 (config.reward_scale * rewards).unsqueeze(-1),
-                (config.gamma * (1.0 - terminateds.float())).unsqueeze(-1),
+                (discounts * (1.0 - terminateds.float())).unsqueeze(-1),
                 (tau * pmd.categorical_entropy(next_logits)).unsqueeze(-1),
                 torch.softmax(next_logits, -1),
             ],
@@ -524,7 +556,8 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         return ((q_taken - batch[FQI_TARGETS]) ** 2).mean(-1).sum()
 
     def _fqi_target(self, module_id, module, minibatch, tau: float) -> torch.Tensor:
-        """Eq. 8 for a minibatch with REWARDS, TERMINATEDS, NEXT_OBS and NEXT_STACK_SUM."""
+        """Eq. 8 for a minibatch with REWARDS, TERMINATEDS, NEXT_OBS and NEXT_STACK_SUM
+        (and N_STEP_HORIZONS for n-step rows)."""
         rows = self.target_rows(
             module_id,
             module,
@@ -532,6 +565,7 @@ class StaQTorchLearner(StaQTorchLearnerBase):
             minibatch[Columns.TERMINATEDS],
             minibatch[NEXT_STACK_SUM],
             tau,
+            minibatch.get(N_STEP_HORIZONS),
         )
         return self._fqi_target_from_rows(module_id, module, minibatch[Columns.NEXT_OBS], rows)
 
@@ -669,6 +703,7 @@ def _transition_columns(
         Columns.TERMINATEDS: module_batch[Columns.TERMINATEDS].float(),
         Columns.NEXT_OBS: module_batch[Columns.NEXT_OBS],
         NEXT_STACK_SUM: next_sums.float(),
+        N_STEP_HORIZONS: module_batch.get(N_STEP_HORIZONS, torch.ones_like(rewards)).float(),
     }
     return columns, versions
 
