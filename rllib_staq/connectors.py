@@ -137,7 +137,7 @@ class AddNStepTransitionsFromEpisodesToTrainBatch(ConnectorV2):
 
 
 def n_step_columns(sa_episode, n_step: int, gamma: float, num_actions: int) -> Dict[str, Any]:
-    """One episode chunk's n-step columns (see :class:`AddNStepTransitionsFromEpisodesToTrainBatch`)."""
+    """One episode chunk's n-step columns, each ``[T, ...]`` (the piece above says what)."""
     num_steps = len(sa_episode)
     horizons = pmd.n_step_horizons(num_steps, n_step)  # [T]
     last = (torch.arange(num_steps) + horizons - 1).numpy()  # each horizon's last step

@@ -18,12 +18,14 @@ from ray.rllib.core import (
     COMPONENT_LEARNER_GROUP,
     COMPONENT_RL_MODULE,
 )
+from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
 
 from rllib_staq import StaQConfig, pmd
+from rllib_staq.staq_learner import N_STEP_HORIZONS
 
 from conftest import tiny_config
 
@@ -413,5 +415,25 @@ def test_readme_multi_agent_block_trains_as_written(ray_session):
         assert algo.env_runner.module["p1"].current_epsilon(None) == pytest.approx(0.1)
         for module_id in ("p0", "p1"):
             assert result["learners"][module_id]["num_pushes"] == 1
+    finally:
+        algo.stop()
+
+
+def test_n_step_per_policy(ray_session):
+    """One policy with 3-step targets, one with the paper's 1-step: each table's
+    rows look ahead as far as its own module's `n_step` says (CartPole pays 1 per step)."""
+    config = ma_config().rl_module(
+        algorithm_config_overrides_per_module={"p1": StaQConfig.overrides(n_step=3)}
+    )
+    algo = config.build_algo()
+    try:
+        algo.train()
+        algo.train()
+        for module_id, n_step in (("p0", 1), ("p1", 3)):
+            table = learner_table(algo, module_id)
+            horizons = table.filled(N_STEP_HORIZONS)
+            assert horizons.max().item() == n_step
+            closed_form = (1 - 0.99**horizons) / (1 - 0.99)
+            torch.testing.assert_close(table.filled(Columns.REWARDS), closed_form)
     finally:
         algo.stop()

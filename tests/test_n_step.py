@@ -93,7 +93,8 @@ def test_connector_rows_bootstrap_from_the_state_their_horizon_reaches(terminate
     ]
     np.testing.assert_allclose(columns[Columns.REWARDS], expected_returns, rtol=1e-6)
     # Only the rows whose horizon reaches the chunk's end see its termination.
-    assert columns[Columns.TERMINATEDS].tolist() == [False, False, terminated, terminated, terminated]
+    reaches_end = [False, False, True, True, True]
+    assert columns[Columns.TERMINATEDS].tolist() == [terminated and end for end in reaches_end]
     # pi_k at t + k_t comes from acting step t + k_t; the chunk's last state was
     # never acted on in this chunk (version -1: the learner computes it).
     assert columns[NEXT_STACK_SUM][:2].tolist() == [[3.0, -3.0], [4.0, -4.0]]
@@ -130,8 +131,13 @@ def test_learner_target_uses_the_row_horizons(ray_session):
         assert not torch.allclose(
             target,
             pmd.soft_sarsa_target(
-                batch[Columns.REWARDS], batch[Columns.TERMINATEDS], next_q.mean(0), logits,
-                0.3, 0.99, 10.0,
+                batch[Columns.REWARDS],
+                batch[Columns.TERMINATEDS],
+                next_q.mean(0),
+                logits,
+                0.3,
+                0.99,
+                10.0,
             ),
         )
     finally:
@@ -164,5 +170,27 @@ def test_cartpole_table_holds_n_step_rows_with_their_pi_k(ray_session):
         cached = learner.cached_next_state_logits(MODULE_ID)
         assert (cached - exact).abs().max() / exact.abs().max() <= 1e-4
         assert math.isfinite(algo.train()["learners"][MODULE_ID]["td_loss"])
+    finally:
+        algo.stop()
+
+
+def test_tables_checkpointed_before_n_step_restore_as_one_step_rows(ray_session):
+    """A table saved without horizons (older versions) holds 1-step rows, and
+    n-step rows can be added to it after the restore."""
+    from rllib_staq.torch.staq_torch_learner import REPLAY_STATE_KEY
+
+    algo = tiny_config(n_step=3, store_buffer_in_checkpoints=True).build_algo()
+    try:
+        algo.train()
+        learner = algo.learner_group._learner
+        state = learner.get_state()
+        old_table = state[REPLAY_STATE_KEY][MODULE_ID]
+        del old_table["columns"][N_STEP_HORIZONS]
+        learner.set_state(state)
+        table = learner._tables[MODULE_ID]
+        assert table.filled(N_STEP_HORIZONS).eq(1.0).all()
+        size = table.size
+        algo.train()
+        assert table.filled(N_STEP_HORIZONS)[size:].eq(3.0).any()
     finally:
         algo.stop()
