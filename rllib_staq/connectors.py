@@ -76,14 +76,9 @@ class AddNextStackSumsFromEpisodesToTrainBatch(ConnectorV2):
         ):
             module = rl_module[sa_episode.module_id or DEFAULT_MODULE_ID].unwrapped()
             sums, versions = next_state_acting_outputs(sa_episode, module.num_actions)
-            for column, items in ((NEXT_STACK_SUM, sums), (NEXT_STACK_VERSION, versions)):
-                self.add_n_batch_items(
-                    batch,
-                    column,
-                    items_to_add=items,
-                    num_items=len(sa_episode),
-                    single_agent_episode=sa_episode,
-                )
+            _add_episode_columns(
+                batch, sa_episode, {NEXT_STACK_SUM: sums, NEXT_STACK_VERSION: versions}
+            )
         return batch
 
 
@@ -125,15 +120,21 @@ class AddNStepTransitionsFromEpisodesToTrainBatch(ConnectorV2):
             module_id = sa_episode.module_id or DEFAULT_MODULE_ID
             n_step, gamma = self._n_step_and_gamma(module_id)
             num_actions = rl_module[module_id].unwrapped().num_actions
-            for column, items in n_step_columns(sa_episode, n_step, gamma, num_actions).items():
-                self.add_n_batch_items(
-                    batch,
-                    column,
-                    items_to_add=items,
-                    num_items=len(sa_episode),
-                    single_agent_episode=sa_episode,
-                )
+            columns = n_step_columns(sa_episode, n_step, gamma, num_actions)
+            _add_episode_columns(batch, sa_episode, columns)
         return batch
+
+
+def _add_episode_columns(batch: Dict[str, Any], sa_episode, columns: Dict[str, Any]) -> None:
+    """Adds one episode chunk's ``[T, ...]`` items per column, keyed by that episode."""
+    for column, items in columns.items():
+        ConnectorV2.add_n_batch_items(
+            batch,
+            column,
+            items_to_add=items,
+            num_items=len(sa_episode),
+            single_agent_episode=sa_episode,
+        )
 
 
 def n_step_columns(sa_episode, n_step: int, gamma: float, num_actions: int) -> Dict[str, Any]:
