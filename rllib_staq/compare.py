@@ -692,8 +692,16 @@ def format_interval(point: float, low: float, high: float, digits: int = 1) -> s
     return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def compare_to_reference(reference: str, reference_ci, other_ci) -> str:
-    """Where ``reference`` stands against another algorithm, from the two 95% CIs."""
+def compare_to_reference(reference: str, reference_ci, other_ci, fewest_seeds: int) -> str:
+    """Where ``reference`` stands against another algorithm, from the two 95% CIs.
+
+    ``fewest_seeds``: the smaller of the two algorithms' numbers of runs. A
+    bootstrap interval over one run is that run's score, so with one seed the
+    row gives the direction only, not "CIs disjoint".
+    """
+    if fewest_seeds < 2:
+        direction = "higher" if reference_ci[0] > other_ci[0] else "lower or level"
+        return f"{reference} {direction} (1 seed: no CI)"
     if reference_ci[1] > other_ci[2]:
         return f"{reference} higher (CIs disjoint)"
     if reference_ci[2] < other_ci[1]:
@@ -736,7 +744,12 @@ def environment_tables(frame, env, algos, reference, threshold, random_value) ->
         versus = (
             "-"
             if algo == reference or reference not in finals
-            else (compare_to_reference(reference, final_ci[reference], final_ci[algo]))
+            else compare_to_reference(
+                reference,
+                final_ci[reference],
+                final_ci[algo],
+                fewest_seeds=min(len(finals[reference]), len(finals[algo])),
+            )
         )
         lines.append(
             f"| {algo} | {len(finals[algo])} | {format_interval(*final_ci[algo])} | "

@@ -11,6 +11,7 @@ The Learner reads everything else per module through
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import gymnasium as gym
@@ -98,3 +99,27 @@ def module_model_config(config, module_id: ModuleID, model_config: Dict[str, Any
     overrides = (config.algorithm_config_overrides_per_module or {}).get(module_id, {})
     own = {name: overrides[name] for name in MODULE_SETTINGS if name in overrides}
     return {**model_config, **own} if own else model_config
+
+
+def added_module_spec(
+    config, module_id: ModuleID, module_spec: RLModuleSpec, overrides
+) -> RLModuleSpec:
+    """The spec of a module added to a built algorithm (``Algorithm.add_module``).
+
+    RLlib builds it as given, so without this the module settings among its
+    ``config_overrides`` (``stack_size``, ``num_q_networks``, ``epsilon``) would
+    never reach it. As :meth:`AlgorithmConfig.get_multi_rl_module_spec` does for
+    the initial modules, a spec without ``model_config`` gets the main one.
+    """
+    given = dict(module_spec.model_config or {})
+    for name in set(MODULE_SETTINGS) & set(overrides) & set(given):
+        if overrides[name] != given[name]:
+            raise ValueError(
+                f"StaQ: `{name}` of the added module {module_id!r} is {overrides[name]!r} "
+                f"in config_overrides but {given[name]!r} in its RLModuleSpec "
+                "model_config; set it in one place."
+            )
+    spec = copy.copy(module_spec)
+    base = given if module_spec.model_config is not None else dict(config.model_config)
+    spec.model_config = {**base, **{n: overrides[n] for n in MODULE_SETTINGS if n in overrides}}
+    return spec

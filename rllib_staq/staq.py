@@ -43,6 +43,7 @@ from ray.util.debug import log_once
 from rllib_staq import continuous, threads
 from rllib_staq.evaluation import first_episode_evaluation, first_episode_evaluation_errors
 from rllib_staq.multi_agent import (
+    added_module_spec,
     agent_action_spaces,
     declared_action_spaces,
     module_model_config,
@@ -322,7 +323,8 @@ class StaQConfig(AlgorithmConfig):
 
         for name in SETTING_CHECKS:
             self._check_setting(name, getattr(self, name))
-        self._validate_per_module_overrides()
+        for module_id, overrides in (self.algorithm_config_overrides_per_module or {}).items():
+            self.validate_module_overrides(module_id, overrides)
         for message in module_setting_conflicts(self):
             self._value_error(message)
         if isinstance(self.replay_buffer_config, dict):
@@ -375,18 +377,17 @@ class StaQConfig(AlgorithmConfig):
                 num_envs,
             )
 
-    def _validate_per_module_overrides(self) -> None:
+    def validate_module_overrides(self, module_id, overrides: Dict[str, Any]) -> None:
         """Per-module settings are checked as the main ones; algorithm-wide ones refused."""
-        for module_id, overrides in (self.algorithm_config_overrides_per_module or {}).items():
-            for name, value in overrides.items():
-                if name in ALGORITHM_WIDE_SETTINGS:
-                    self._value_error(
-                        f"StaQ: `{name}` is one setting for the whole algorithm and cannot "
-                        f"be overridden for module {module_id!r}; set it in `training()`."
-                    )
-                message = setting_error(name, value, where=f" (module {module_id!r})")
-                if message is not None:
-                    self._value_error(message)
+        for name, value in overrides.items():
+            if name in ALGORITHM_WIDE_SETTINGS:
+                self._value_error(
+                    f"StaQ: `{name}` is one setting for the whole algorithm and cannot "
+                    f"be overridden for module {module_id!r}; set it in `training()`."
+                )
+            message = setting_error(name, value, where=f" (module {module_id!r})")
+            if message is not None:
+                self._value_error(message)
 
     @override(AlgorithmConfig)
     def get_config_for_module(self, module_id) -> "StaQConfig":
@@ -517,6 +518,30 @@ class StaQ(Algorithm):
                     raise ValueError(f"Agent {agent_id!r}: {error}") from error
         finally:
             env.close()
+
+    @override(Algorithm)
+    def add_module(
+        self,
+        module_id,
+        module_spec: RLModuleSpec,
+        *,
+        config_overrides: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ) -> MultiRLModuleSpec:
+        """RLlib's ``add_module``, with the new module's overrides and action space
+        checked as ``validate()`` checks them, before anything is added, and its
+        module settings put into its spec (:func:`multi_agent.added_module_spec`)."""
+        overrides = config_overrides or {}
+        self.config.validate_module_overrides(module_id, overrides)
+        if module_spec.action_space is not None:
+            try:
+                validate_action_space(module_spec.action_space, allow_box=False)
+            except ValueError as error:
+                raise ValueError(f"Module {module_id!r}: {error}") from None
+        module_spec = added_module_spec(self.config, module_id, module_spec, overrides)
+        return super().add_module(
+            module_id, module_spec, config_overrides=config_overrides, **kwargs
+        )
 
     @override(Algorithm)
     def _create_local_replay_buffer_if_necessary(self, config) -> None:

@@ -1,5 +1,6 @@
 """The comparison command: argument errors, the analysis on known curves, a tiny real run."""
 
+import functools
 import importlib.util
 import io
 import json
@@ -413,9 +414,14 @@ def test_final_scores_thresholds_and_normalisation_on_known_curves():
     assert reason is None
     np.testing.assert_allclose(scores["A"], np.ones((3, 2)))  # A is best on both envs
     np.testing.assert_allclose(scores["B"][:, 0], [0.1, 0.102, 0.104])  # (50+seed)/500
-    assert compare.compare_to_reference("A", (5, 4, 6), (1, 0, 2)) == "A higher (CIs disjoint)"
-    assert compare.compare_to_reference("A", (5, 4, 6), (5.5, 3, 7)) == "inside the CIs"
-    assert compare.compare_to_reference("A", (1, 0, 2), (5, 4, 6)) == "A lower (CIs disjoint)"
+    versus = functools.partial(compare.compare_to_reference, "A", fewest_seeds=3)
+    assert versus((5, 4, 6), (1, 0, 2)) == "A higher (CIs disjoint)"
+    assert versus((5, 4, 6), (5.5, 3, 7)) == "inside the CIs"
+    assert versus((1, 0, 2), (5, 4, 6)) == "A lower (CIs disjoint)"
+    # One run each: the "interval" is the point, so no CI claim.
+    one_seed = functools.partial(compare.compare_to_reference, "A", fewest_seeds=1)
+    assert one_seed((5, 5, 5), (1, 1, 1)) == "A higher (1 seed: no CI)"
+    assert one_seed((1, 1, 1), (5, 5, 5)) == "A lower or level (1 seed: no CI)"
 
 
 def test_report_writes_the_table_and_every_png(tmp_path, monkeypatch):

@@ -437,3 +437,69 @@ def test_n_step_per_policy(ray_session):
             torch.testing.assert_close(table.filled(Columns.REWARDS), closed_form)
     finally:
         algo.stop()
+
+
+def single_policy_algo():
+    """Both agents on p0; p1 is added to the built algorithm by the test."""
+    return ma_config(policies=("p0",)).multi_agent(policy_mapping_fn=lambda *a, **k: "p0")
+
+
+def spec_like(algo, module_id, action_space=None, **model_config):
+    module = learner_module(algo, module_id)
+    return RLModuleSpec(
+        module_class=type(module),
+        observation_space=module.observation_space,
+        action_space=action_space or module.action_space,
+        model_config={**module.model_config, **model_config} if model_config else None,
+    )
+
+
+def test_add_module_trains_with_its_own_settings(ray_session):
+    """`Algorithm.add_module` (RLlib's API for league and self-play setups): the new
+    module gets target networks, its overrides' module settings, and n-step rows
+    although the learner was built with 1-step modules only."""
+    algo = single_policy_algo().build_algo()
+    try:
+        algo.train()
+        algo.add_module(
+            "p1",
+            spec_like(algo, "p0"),
+            config_overrides=StaQConfig.overrides(n_step=3, stack_size=2),
+            new_agent_to_module_mapping_fn=policy_per_agent,
+            new_should_module_be_updated=["p0", "p1"],
+        )
+        algo.train()
+        algo.train()
+        assert learner_module(algo, "p1").stack_size == 2
+        assert algo.env_runner.module["p1"].unwrapped().stack_size == 2
+        assert learner_module(algo, "p1").num_pushes.item() == 2
+        for module_id, n_step in (("p0", 1), ("p1", 3)):
+            horizons = learner_table(algo, module_id).filled(N_STEP_HORIZONS)
+            assert horizons.max().item() == n_step
+            closed_form = (1 - 0.99**horizons) / (1 - 0.99)
+            rewards = learner_table(algo, module_id).filled(Columns.REWARDS)
+            torch.testing.assert_close(rewards, closed_form)
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(
+    "overrides, model_config, named",
+    [
+        ({"n_step": -1}, {}, "n_step"),
+        ({"env_steps_per_iteration": 50}, {}, "env_steps_per_iteration"),
+        ({"stack_size": 2}, {"stack_size": 5}, "stack_size"),
+        ({}, {"action_space": gym.spaces.Box(-1.0, 1.0, (2,))}, "Module 'p1'.*Box"),
+    ],
+)
+def test_add_module_refuses_bad_overrides(ray_session, overrides, model_config, named):
+    """Refused before anything is added: a bad value, an algorithm-wide setting,
+    a module setting given two values (override and spec), a Box action space."""
+    algo = single_policy_algo().build_algo()
+    try:
+        with pytest.raises(ValueError, match=named):
+            algo.add_module("p1", spec_like(algo, "p0", **model_config), config_overrides=overrides)
+        assert "p1" not in algo.learner_group._learner.module
+        assert "p1" not in algo.env_runner.module
+    finally:
+        algo.stop()

@@ -23,6 +23,7 @@ from ray.rllib.connectors.learner.add_next_observations_from_episodes_to_train_b
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.core.learner.utils import update_target_network
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.schedules.scheduler import Scheduler
@@ -108,6 +109,13 @@ class StaQTorchLearnerBase(TorchLearner):
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed * 1000 + (self._learner_index or 0))
 
+    @override(TorchLearner)
+    def add_module(self, *, module_id: ModuleID, **kwargs) -> MultiRLModuleSpec:
+        """RLlib's ``add_module``; the new module gets its target networks, as in build()."""
+        multi_rl_module_spec = super().add_module(module_id=module_id, **kwargs)
+        self._unwrapped(module_id).make_target_networks()
+        return multi_rl_module_spec
+
     # ------------------------------------------------------------------ #
     # Per-module helpers.
     # ------------------------------------------------------------------ #
@@ -178,15 +186,28 @@ class StaQTorchLearner(StaQTorchLearnerBase):
             AddNextObservationsFromEpisodesToTrainBatch,
             AddNextStackSumsFromEpisodesToTrainBatch(),
         )
-        if self._uses_n_step():
-            # Before RLlib's pieces: they skip the columns it has written.
-            self._learner_connector.insert_after(
-                AddObservationsFromEpisodesToBatch,
-                AddNStepTransitionsFromEpisodesToTrainBatch(
-                    n_step_and_gamma=self._n_step_and_gamma
-                ),
-            )
+        self._add_n_step_piece_if_used()
         self._flat_adams: Dict[ModuleID, FlatAdam] = {}
+
+    @override(StaQTorchLearnerBase)
+    def add_module(self, *, module_id: ModuleID, **kwargs) -> MultiRLModuleSpec:
+        multi_rl_module_spec = super().add_module(module_id=module_id, **kwargs)
+        self._add_n_step_piece_if_used()
+        return multi_rl_module_spec
+
+    def _add_n_step_piece_if_used(self) -> None:
+        """Adds the n-step piece once some module has ``n_step`` > 1 (at build, or a
+        module added later); with 1-step modules only, RLlib's pieces write the rows."""
+        if (
+            not self._uses_n_step()
+            or self._learner_connector[AddNStepTransitionsFromEpisodesToTrainBatch]
+        ):
+            return
+        # Before RLlib's pieces: they skip the columns it has written.
+        self._learner_connector.insert_after(
+            AddObservationsFromEpisodesToBatch,
+            AddNStepTransitionsFromEpisodesToTrainBatch(n_step_and_gamma=self._n_step_and_gamma),
+        )
 
     @override(StaQTorchLearnerBase)
     def set_state(self, state) -> None:
