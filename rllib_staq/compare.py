@@ -700,7 +700,8 @@ def compare_to_reference(reference: str, reference_ci, other_ci, fewest_seeds: i
     row gives the direction only, not "CIs disjoint".
     """
     if fewest_seeds < 2:
-        direction = "higher" if reference_ci[0] > other_ci[0] else "lower or level"
+        gap = reference_ci[0] - other_ci[0]
+        direction = "higher" if gap > 0 else "lower" if gap < 0 else "level"
         return f"{reference} {direction} (1 seed: no CI)"
     if reference_ci[1] > other_ci[2]:
         return f"{reference} higher (CIs disjoint)"

@@ -421,7 +421,8 @@ def test_final_scores_thresholds_and_normalisation_on_known_curves():
     # One run each: the "interval" is the point, so no CI claim.
     one_seed = functools.partial(compare.compare_to_reference, "A", fewest_seeds=1)
     assert one_seed((5, 5, 5), (1, 1, 1)) == "A higher (1 seed: no CI)"
-    assert one_seed((1, 1, 1), (5, 5, 5)) == "A lower or level (1 seed: no CI)"
+    assert one_seed((1, 1, 1), (5, 5, 5)) == "A lower (1 seed: no CI)"
+    assert one_seed((1, 1, 1), (1, 1, 1)) == "A level (1 seed: no CI)"
 
 
 def test_report_writes_the_table_and_every_png(tmp_path, monkeypatch):
