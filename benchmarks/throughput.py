@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                 # every part, paper-scale settings
     python benchmarks/throughput.py --part split --stack-sizes 1,50,300
     python benchmarks/throughput.py --part minatar-split --game Breakout --stack-sizes 1,50,300
+    python benchmarks/throughput.py --part minatar-flops --game Breakout --stack-sizes 1,50,300
     python benchmarks/throughput.py --part acting --num-envs 1,4,16
     python benchmarks/throughput.py --part e2e --seconds 120
     python benchmarks/throughput.py --part memory --memory-iterations 50
@@ -25,6 +26,12 @@ noisy machine. Parts:
   pre-filled stack and a replay table pre-filled with random-policy
   transitions of ``--game``; ``--stack-dtypes float32,bfloat16`` adds the
   EnvRunners' bf16 acting stack (``stack_dtype``), each M against float32 M=1.
+* ``minatar-flops``: the compute bound behind ``minatar-split``'s acting cost.
+  torch's FLOP counter (``torch.utils.flop_counter``) counts one pass of the
+  stack (a pre-filled M) on the tuned example's 16 observations per vector step
+  and on a batch of 256; each pass is timed, so the table gives the FLOP rate
+  acting reaches, next to this thread's rate on a large float32 matrix product
+  and its memory read rate (the pass reads the whole stack once).
 * ``acting``: EnvRunner time per env step against M and the number of vector envs.
 * ``e2e``: env-steps/s on CartPole of StaQ (paper settings, with 1 env as the
   official code and with 16 vector envs), RLlib's DQN at the same
@@ -90,6 +97,7 @@ ENV = "CartPole-v1"
 PARTS = [
     "split",
     "minatar-split",
+    "minatar-flops",
     "acting",
     "e2e",
     "memory",
@@ -261,6 +269,85 @@ def run_minatar_split(args) -> None:
             return minatar_config(args, stack_size, stack_dtype).build_algo()
 
         baseline = print_split_table(args, build, env_factory, baseline)
+
+
+def run_minatar_flops(args) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if minatar_missing(args, "MinAtar acting FLOPs"):
+        return
+    probe = minatar_config(args, 1)
+    forwards_per_iteration = probe.env_steps_per_iteration / probe.num_envs_per_env_runner
+    print(
+        f"\n## MinAtar {args.game}: FLOPs of one pass of the stack (E={probe.num_q_networks}, "
+        f"CNN, float32, learner's module on {args.device}), timed; acting in the tuned example "
+        f"is {forwards_per_iteration:g} passes of {probe.num_envs_per_env_runner} observations "
+        "per iteration"
+    )
+    print(
+        "| M | batch | GFLOP per pass | stack MB read per pass | ms per pass | GFLOP/s | "
+        "acting GFLOP per iteration |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for stack_size in args.stack_sizes:
+        algo = minatar_config(args, stack_size).build_algo()
+        try:
+            env = algo.env_creator(dict(algo.config.env_config))
+            prefill(algo, 1000, stack_size + 1, env=env)
+            module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+            observations = random_policy_transitions(256, seed=1, env=env)["obs"]
+            rows = module.stack_fill * module.num_q_networks
+            stack_mb = (
+                sum(module.stack_buffer(name)[:rows].nbytes for name in module.param_names) / 2**20
+            )
+            for batch in (probe.num_envs_per_env_runner, 256):
+                obs = torch.as_tensor(observations[:batch], device=module.slot_decay.device)
+                with torch.no_grad():
+                    with FlopCounterMode(display=False) as counter:
+                        module.unscaled_stack_sum(obs)
+                    seconds = time_call(
+                        functools.partial(module.unscaled_stack_sum, obs), args.device
+                    )
+                gflop = counter.get_total_flops() / 1e9
+                per_iteration = (
+                    f"{gflop * forwards_per_iteration:.1f}"
+                    if batch == probe.num_envs_per_env_runner
+                    else "-"
+                )
+                print(
+                    f"| {stack_size} | {batch} | {gflop:.3f} | {stack_mb:.1f} | "
+                    f"{seconds * 1e3:.2f} | "
+                    f"{gflop / seconds:.1f} | {per_iteration} |",
+                    flush=True,
+                )
+        finally:
+            algo.stop()
+    size = 2048
+    a, b = (torch.randn(size, size, device=args.device) for _ in range(2))
+    seconds = time_call(lambda: a @ b, args.device)
+    print(
+        f"\nOn {torch.get_num_threads()} thread(s): float32 matrix product "
+        f"{size}x{size}x{size}: {2 * size**3 / seconds / 1e9:.1f} GFLOP/s"
+    )
+    # Reading memory: a sum over 256 MiB, far larger than any cache.
+    values = torch.ones(64 * 2**20, device=args.device)
+    seconds = time_call(values.sum, args.device)
+    print(f"sum over 256 MiB of float32: {values.nbytes / seconds / 2**30:.1f} GiB/s read")
+
+
+def time_call(call, device: str, min_seconds: float = 1.0) -> float:
+    """Seconds per call: the best of 3 rounds, each at least ``min_seconds`` long."""
+    call()  # warm-up
+    rounds = []
+    for _ in range(3):
+        calls, start = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - start < min_seconds:
+            call()
+            calls += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - start) / calls)
+    return min(rounds)
 
 
 def print_split_table(args, build, env_factory, baseline=None) -> float:
