@@ -107,9 +107,10 @@ def added_module_spec(
     """The spec of a module added to a built algorithm (``Algorithm.add_module``).
 
     RLlib builds it as given, so without this the module settings among its
-    ``config_overrides`` (``stack_size``, ``num_q_networks``, ``epsilon``) would
-    never reach it. As :meth:`AlgorithmConfig.get_multi_rl_module_spec` does for
-    the initial modules, a spec without ``model_config`` gets the main one.
+    ``config_overrides`` (``MODULE_SETTINGS``: ``stack_size``, ``num_q_networks``,
+    ``epsilon``, ``stack_dtype``) would never reach it. As
+    :meth:`AlgorithmConfig.get_multi_rl_module_spec` does for the initial
+    modules, a spec without ``model_config`` gets the main one.
     """
     given = dict(module_spec.model_config or {})
     for name in set(MODULE_SETTINGS) & set(overrides) & set(given):

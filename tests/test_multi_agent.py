@@ -484,7 +484,7 @@ def test_add_module_trains_with_its_own_settings(ray_session):
 
 
 @pytest.mark.parametrize(
-    "overrides, model_config, named",
+    "overrides, spec_changes, named",
     [
         ({"n_step": -1}, {}, "n_step"),
         ({"env_steps_per_iteration": 50}, {}, "env_steps_per_iteration"),
@@ -492,13 +492,13 @@ def test_add_module_trains_with_its_own_settings(ray_session):
         ({}, {"action_space": gym.spaces.Box(-1.0, 1.0, (2,))}, "Module 'p1'.*Box"),
     ],
 )
-def test_add_module_refuses_bad_overrides(ray_session, overrides, model_config, named):
+def test_add_module_refuses_bad_overrides(ray_session, overrides, spec_changes, named):
     """Refused before anything is added: a bad value, an algorithm-wide setting,
     a module setting given two values (override and spec), a Box action space."""
     algo = single_policy_algo().build_algo()
     try:
         with pytest.raises(ValueError, match=named):
-            algo.add_module("p1", spec_like(algo, "p0", **model_config), config_overrides=overrides)
+            algo.add_module("p1", spec_like(algo, "p0", **spec_changes), config_overrides=overrides)
         assert "p1" not in algo.learner_group._learner.module
         assert "p1" not in algo.env_runner.module
     finally:
