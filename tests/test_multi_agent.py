@@ -26,6 +26,7 @@ from ray.rllib.examples.envs.classes.multi_agent import MultiAgentCartPole
 
 from rllib_staq import StaQConfig, pmd
 from rllib_staq.staq_learner import N_STEP_HORIZONS
+from rllib_staq.torch.staq_torch_learner import REPLAY_STATE_KEY
 
 from conftest import tiny_config
 
@@ -479,6 +480,25 @@ def test_add_module_trains_with_its_own_settings(ray_session):
             closed_form = (1 - 0.99**horizons) / (1 - 0.99)
             rewards = learner_table(algo, module_id).filled(Columns.REWARDS)
             torch.testing.assert_close(rewards, closed_form)
+    finally:
+        algo.stop()
+
+
+def test_remove_module_drops_its_table_from_memory_and_checkpoints(ray_session):
+    algo = (
+        ma_config(store_buffer_in_checkpoints=True)
+        .multi_agent(policies_to_train=["p0", "p1"])
+        .build_algo()
+    )
+    try:
+        algo.train()
+        learner = algo.learner_group._learner
+        assert set(learner.get_state()[REPLAY_STATE_KEY]) == {"p0", "p1"}
+        algo.remove_module("p1", new_agent_to_module_mapping_fn=lambda *a, **k: "p0")
+        algo.train()
+        assert set(learner.get_state()[REPLAY_STATE_KEY]) == {"p0"}
+        for per_module in learner._per_module_state():
+            assert "p1" not in per_module
     finally:
         algo.stop()
 

@@ -11,7 +11,7 @@ then pushes a frozen copy of the trainable ensemble onto the stack.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from ray.rllib.connectors.common.add_observations_from_episodes_to_batch import (
@@ -116,6 +116,19 @@ class StaQTorchLearnerBase(TorchLearner):
         self._unwrapped(module_id).make_target_networks()
         return multi_rl_module_spec
 
+    @override(TorchLearner)
+    def remove_module(self, module_id: ModuleID, **kwargs) -> MultiRLModuleSpec:
+        """RLlib's ``remove_module``; the module's table and tau schedule go with it
+        (else they would stay in memory and in every later checkpoint)."""
+        multi_rl_module_spec = super().remove_module(module_id, **kwargs)
+        for per_module in self._per_module_state():
+            per_module.pop(module_id, None)
+        return multi_rl_module_spec
+
+    def _per_module_state(self) -> List[Dict[ModuleID, Any]]:
+        """The dicts that hold something per module, beside RLlib's own."""
+        return [self._tables, self._entropy_schedules, self._current_entropy_coeff]
+
     # ------------------------------------------------------------------ #
     # Per-module helpers.
     # ------------------------------------------------------------------ #
@@ -194,6 +207,10 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         multi_rl_module_spec = super().add_module(module_id=module_id, **kwargs)
         self._add_n_step_piece_if_used()
         return multi_rl_module_spec
+
+    @override(StaQTorchLearnerBase)
+    def _per_module_state(self) -> List[Dict[ModuleID, Any]]:
+        return [*super()._per_module_state(), self._flat_adams]
 
     def _add_n_step_piece_if_used(self) -> None:
         """Adds the n-step piece once some module has ``n_step`` > 1 (at build, or a
