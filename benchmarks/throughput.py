@@ -285,7 +285,7 @@ def run_minatar_flops(args) -> None:
         "per iteration"
     )
     print(
-        "| M | batch | GFLOP per pass | stack MB read per pass | ms per pass | GFLOP/s | "
+        "| M | batch | GFLOP per pass | stack MiB read per pass | ms per pass | GFLOP/s | "
         "acting GFLOP per iteration |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -297,7 +297,7 @@ def run_minatar_flops(args) -> None:
             module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
             observations = random_policy_transitions(256, seed=1, env=env)["obs"]
             rows = module.stack_fill * module.num_q_networks
-            stack_mb = (
+            stack_mib = (
                 sum(module.stack_buffer(name)[:rows].nbytes for name in module.param_names) / 2**20
             )
             for batch in (probe.num_envs_per_env_runner, 256):
@@ -315,7 +315,7 @@ def run_minatar_flops(args) -> None:
                     else "-"
                 )
                 print(
-                    f"| {stack_size} | {batch} | {gflop:.3f} | {stack_mb:.1f} | "
+                    f"| {stack_size} | {batch} | {gflop:.3f} | {stack_mib:.1f} | "
                     f"{seconds * 1e3:.2f} | "
                     f"{gflop / seconds:.1f} | {per_iteration} |",
                     flush=True,
@@ -566,10 +566,10 @@ def run_memory(args) -> None:
         prefill(algo, capacity, stack_size)
         module = algo.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
         stack_params = sum(module.stack_buffer(name).numel() for name in module.param_names)
-        stack_mb = stack_params * 4 / 2**20
+        stack_mib = stack_params * 4 / 2**20
         print(
             f"\n## Memory: full M={stack_size} stack = {stack_size} x 2 members x "
-            f"{stack_params // (2 * stack_size):,} parameters x 4 bytes = {stack_mb:.0f} MiB "
+            f"{stack_params // (2 * stack_size):,} parameters x 4 bytes = {stack_mib:.0f} MiB "
             f"(learner; an inference-only EnvRunner holds one more copy)"
         )
         # The learner's table is StaQ's only replay copy: a ring allocated at its
