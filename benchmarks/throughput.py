@@ -87,6 +87,7 @@ from ray.rllib.utils.metrics import (
     SYNCH_WORKER_WEIGHTS_TIMER,
     TIMERS,
 )
+from stack_cost import seconds_per_call
 
 from rllib_staq import StaQConfig, pmd
 from rllib_staq.settings import STACK_DTYPES
@@ -305,8 +306,8 @@ def run_minatar_flops(args) -> None:
                 with torch.no_grad():
                     with FlopCounterMode(display=False) as counter:
                         module.unscaled_stack_sum(obs)
-                    seconds = time_call(
-                        functools.partial(module.unscaled_stack_sum, obs), args.device
+                    seconds = seconds_per_call(
+                        functools.partial(module.unscaled_stack_sum, obs), 1.0, args.device
                     )
                 gflop = counter.get_total_flops() / 1e9
                 per_iteration = (
@@ -324,30 +325,15 @@ def run_minatar_flops(args) -> None:
             algo.stop()
     size = 2048
     a, b = (torch.randn(size, size, device=args.device) for _ in range(2))
-    seconds = time_call(lambda: a @ b, args.device)
+    seconds = seconds_per_call(lambda: a @ b, 1.0, args.device)
     print(
         f"\nOn {torch.get_num_threads()} thread(s): float32 matrix product "
         f"{size}x{size}x{size}: {2 * size**3 / seconds / 1e9:.1f} GFLOP/s"
     )
     # Reading memory: a sum over 256 MiB, far larger than any cache.
     values = torch.ones(64 * 2**20, device=args.device)
-    seconds = time_call(values.sum, args.device)
+    seconds = seconds_per_call(values.sum, 1.0, args.device)
     print(f"sum over 256 MiB of float32: {values.nbytes / seconds / 2**30:.1f} GiB/s read")
-
-
-def time_call(call, device: str, min_seconds: float = 1.0) -> float:
-    """Seconds per call: the best of 3 rounds, each at least ``min_seconds`` long."""
-    call()  # warm-up
-    rounds = []
-    for _ in range(3):
-        calls, start = 0, time.perf_counter()
-        while calls == 0 or time.perf_counter() - start < min_seconds:
-            call()
-            calls += 1
-        if device == "cuda":
-            torch.cuda.synchronize()
-        rounds.append((time.perf_counter() - start) / calls)
-    return min(rounds)
 
 
 def print_split_table(args, build, env_factory, baseline=None) -> float:
