@@ -341,11 +341,7 @@ class StaQConfig(AlgorithmConfig):
                 self.train_batch_size_per_learner,
             )
         for whose, action_space in declared_action_spaces(self):
-            try:
-                # Box actions are single-agent (continuous.setting_conflicts says why).
-                validate_action_space(action_space, allow_box=whose is None)
-            except ValueError as error:
-                raise ValueError(f"{whose}: {error}" if whose else str(error)) from None
+            validate_action_space(action_space, whose)
         for message in continuous.setting_conflicts(self, continuous.uses_box_path(self)):
             self._value_error(message)
         self._validate_evaluation()
@@ -473,12 +469,18 @@ def _default_attributes(config_class: type) -> Dict[str, Any]:
 _DEFAULT_ATTRIBUTES: Dict[type, Dict[str, Any]] = {}
 
 
-def validate_action_space(action_space: gym.Space, allow_box: bool = True) -> None:
-    if allow_box and continuous.accepts_action_space(action_space):
+def validate_action_space(action_space: gym.Space, whose: Optional[str] = None) -> None:
+    """Refuses a space StaQ cannot act in; ``whose`` (e.g. "Agent 'a'") starts the message.
+
+    A Box space is accepted only single-agent (``whose`` None): Box actions are
+    single-agent (``continuous.setting_conflicts`` says why).
+    """
+    if whose is None and continuous.accepts_action_space(action_space):
         return
     if not isinstance(action_space, gym.spaces.Discrete):
+        prefix = f"{whose}: " if whose else ""
         raise ValueError(
-            "StaQ supports a Discrete or (single-agent) 1-D Box action space (allowed: "
+            f"{prefix}StaQ supports a Discrete or (single-agent) 1-D Box action space (allowed: "
             f"gymnasium.spaces.Discrete, gymnasium.spaces.Box of shape (d,)), got "
             f"{action_space}. Or, for a Box action space, wrap the env in "
             "rllib_staq.DiscreteBoxActions (the paper's 2d+1 actions: midpoint, or one "
@@ -510,12 +512,9 @@ class StaQ(Algorithm):
         env = self.env_creator(copy.deepcopy(config.env_config))
         try:
             for agent_id, action_space in agent_action_spaces(env):
-                try:
-                    validate_action_space(action_space, allow_box=agent_id is None)
-                except ValueError as error:
-                    if agent_id is None:
-                        raise
-                    raise ValueError(f"Agent {agent_id!r}: {error}") from error
+                validate_action_space(
+                    action_space, None if agent_id is None else f"Agent {agent_id!r}"
+                )
         finally:
             env.close()
 
@@ -534,10 +533,7 @@ class StaQ(Algorithm):
         overrides = config_overrides or {}
         self.config.validate_module_overrides(module_id, overrides)
         if module_spec.action_space is not None:
-            try:
-                validate_action_space(module_spec.action_space, allow_box=False)
-            except ValueError as error:
-                raise ValueError(f"Module {module_id!r}: {error}") from None
+            validate_action_space(module_spec.action_space, f"Module {module_id!r}")
         module_spec = added_module_spec(self.config, module_id, module_spec, overrides)
         return super().add_module(
             module_id, module_spec, config_overrides=config_overrides, **kwargs

@@ -91,7 +91,7 @@ def test_wrapper_refuses_a_non_box_space_infinite_bounds_and_bad_actions():
 def test_box_space_error_names_the_wrapper_and_its_use():
     with pytest.raises(ValueError, match="Discrete") as error:
         # A multi-agent env's Box agent (the continuous path is single-agent).
-        validate_action_space(gym.spaces.Box(-1.0, 1.0, (2,)), allow_box=False)
+        validate_action_space(gym.spaces.Box(-1.0, 1.0, (2,)), whose="Agent 'a'")
     message = str(error.value)
     assert "rllib_staq.DiscreteBoxActions" in message
     assert "DiscreteBoxActions(gymnasium.make('Hopper-v5'))" in message
