@@ -85,18 +85,32 @@ def module_setting_conflicts(config) -> Iterator[str]:
     overrides_per_module = config.algorithm_config_overrides_per_module or {}
     for module_id, overrides in overrides_per_module.items():
         explicit = explicit_module_model_config(config, module_id)
-        for name in set(MODULE_SETTINGS) & set(overrides) & set(explicit):
-            if overrides[name] != explicit[name]:
-                yield (
-                    f"StaQ: `{name}` of module {module_id!r} is {overrides[name]!r} in "
-                    f"algorithm_config_overrides_per_module but {explicit[name]!r} in its "
-                    "RLModuleSpec model_config; set it in one place."
-                )
+        yield from override_conflicts(
+            module_id, overrides, explicit, "algorithm_config_overrides_per_module"
+        )
+
+
+def override_conflicts(
+    module_id: ModuleID, overrides: Dict[str, Any], explicit: Dict[str, Any], where: str
+) -> Iterator[str]:
+    """Messages for a module setting that ``overrides`` (given in ``where``) and the
+    module's RLModuleSpec ``model_config`` (``explicit``) set to different values."""
+    for name in sorted(set(MODULE_SETTINGS) & set(overrides) & set(explicit)):
+        if overrides[name] != explicit[name]:
+            yield (
+                f"StaQ: `{name}` of module {module_id!r} is {overrides[name]!r} in {where} "
+                f"but {explicit[name]!r} in its RLModuleSpec model_config; set it in one place."
+            )
 
 
 def module_model_config(config, module_id: ModuleID, model_config: Dict[str, Any]) -> Dict:
     """``model_config`` with this module's own overrides of the module settings."""
     overrides = (config.algorithm_config_overrides_per_module or {}).get(module_id, {})
+    return with_module_settings(model_config, overrides)
+
+
+def with_module_settings(model_config: Dict[str, Any], overrides: Dict[str, Any]) -> Dict:
+    """``model_config`` with the module settings (``MODULE_SETTINGS``) among ``overrides``."""
     own = {name: overrides[name] for name in MODULE_SETTINGS if name in overrides}
     return {**model_config, **own} if own else model_config
 
@@ -113,14 +127,9 @@ def added_module_spec(
     modules, a spec without ``model_config`` gets the main one.
     """
     given = dict(module_spec.model_config or {})
-    for name in set(MODULE_SETTINGS) & set(overrides) & set(given):
-        if overrides[name] != given[name]:
-            raise ValueError(
-                f"StaQ: `{name}` of the added module {module_id!r} is {overrides[name]!r} "
-                f"in config_overrides but {given[name]!r} in its RLModuleSpec "
-                "model_config; set it in one place."
-            )
+    for message in override_conflicts(module_id, overrides, given, "config_overrides"):
+        raise ValueError(message)
     spec = copy.copy(module_spec)
     base = given if module_spec.model_config is not None else dict(config.model_config)
-    spec.model_config = {**base, **{n: overrides[n] for n in MODULE_SETTINGS if n in overrides}}
+    spec.model_config = with_module_settings(base, overrides)
     return spec
