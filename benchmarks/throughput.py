@@ -8,6 +8,7 @@
     python benchmarks/throughput.py --part e2e --seconds 120
     python benchmarks/throughput.py --part memory --memory-iterations 50
     python benchmarks/throughput.py --part optimizer
+    python benchmarks/throughput.py --part fqi-step --iterations 6
     python benchmarks/throughput.py --part sb3 --seconds 60 --rounds 3   # needs .[bench]
     python benchmarks/throughput.py --part final-eval --game Freeway --stack-sizes 50
 
@@ -41,7 +42,11 @@ noisy machine. Parts:
 * ``memory``: process RSS over many iterations with a full M=300 stack and a full
   replay table.
 * ``optimizer``: FQI time per gradient step with the package's fused Adam
-  against torch's default Adam (RLlib's default optimizer), alternating.
+  against torch's default Adam (RLlib's default optimizer), alternating (both
+  with autograd).
+* ``fqi-step``: FQI time per gradient step with the package's gradients
+  without autograd (``MlpFqiStep``) against autograd, alternating (both with
+  the fused Adam; the two train bit-identically).
 * ``contention``: FQI phase and iteration time for each torch thread setting,
   on a quiet machine and beside ``--background-procs`` CPU-bound processes that
   the script starts and stops itself; each setting runs in a fresh process
@@ -103,6 +108,7 @@ PARTS = [
     "e2e",
     "memory",
     "optimizer",
+    "fqi-step",
     "contention",
     "sb3",
     "final-eval",
@@ -587,14 +593,22 @@ class DefaultAdamStaQLearner(StaQTorchLearner):
         TorchLearner.configure_optimizers_for_module(self, module_id, config)
 
 
-def run_optimizer(args) -> None:
+class AutogradStaQLearner(StaQTorchLearner):
+    """StaQ's learner with its FQI gradients from autograd (no ``MlpFqiStep``)."""
+
+    def _mlp_fqi_step(self, module_id, flat_adam):
+        return None
+
+
+def alternate_learners(args, title: str, variants: Dict[str, type], baseline: str) -> None:
+    """FQI ms per gradient step of each learner class, one 1000-step iteration per
+    round, the classes alternating (batch 256, E=2, 2x256 MLP, a pre-filled replay)."""
     grad_steps = 1000
     print(
         f"\n## FQI ms per gradient step (batch 256, E=2, 2x256 MLP, replay {args.replay_fill}, "
-        f"learner on {args.device}): fused Adam (package) vs torch's default Adam; "
-        f"{args.iterations} rounds of one {grad_steps}-step iteration each, alternating"
+        f"learner on {args.device}): {title}; {args.iterations} rounds of one "
+        f"{grad_steps}-step iteration each, alternating"
     )
-    variants = {"fused Adam (package)": StaQTorchLearner, "default Adam": DefaultAdamStaQLearner}
     algos = {}
     for name, learner_class in variants.items():
         config = staq_config(args, 1, grad_steps, grad_steps, 1)
@@ -611,14 +625,28 @@ def run_optimizer(args) -> None:
     finally:
         for algo in algos.values():
             algo.stop()
-    print("| optimizer | FQI ms per gradient step (mean ± std) | ratio to default |")
+    print(f"| learner | FQI ms per gradient step (mean ± std) | ratio to {baseline} |")
     print("|---|---|---|")
-    default = float(np.mean(fqi_ms["default Adam"]))
+    reference = float(np.mean(fqi_ms[baseline]))
     for name, values in fqi_ms.items():
         print(
             f"| {name} | {np.mean(values):.3f} ± {np.std(values):.3f} | "
-            f"{np.mean(values) / default:.2f}x |"
+            f"{np.mean(values) / reference:.2f}x |"
         )
+
+
+def run_optimizer(args) -> None:
+    variants = {"fused Adam (package)": AutogradStaQLearner, "default Adam": DefaultAdamStaQLearner}
+    title = "fused Adam vs torch's default Adam (both with autograd)"
+    alternate_learners(args, title, variants, "default Adam")
+
+
+def run_fqi_step(args) -> None:
+    variants = {
+        "gradients without autograd (package, MlpFqiStep)": StaQTorchLearner,
+        "autograd": AutogradStaQLearner,
+    }
+    alternate_learners(args, "MlpFqiStep vs autograd", variants, "autograd")
 
 
 # label -> (intra_op_threads, extra environment variables)

@@ -326,6 +326,20 @@ def epsilon_softmax_probs(logits: Tensor, epsilon: float) -> Tensor:
     return (1.0 - epsilon) * torch.softmax(logits, dim=-1) + epsilon / num_actions
 
 
+def sample_categorical(probs: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """One draw per row of ``probs`` ``[B, A]``: ``[B, 1]`` action indices.
+
+    The exponential race ``argmax_a p_a / E_a`` with ``E_a ~ Exp(1)``: the
+    Gumbel-max trick with the exponent taken, exact for any ``probs`` with
+    non-negative rows that are not all zero (a sum of 1 is not needed). It is
+    the draw ``torch.multinomial(probs, 1, generator=generator)`` makes on CPU,
+    from the same random numbers, without that function's checks of its input,
+    which cost several times the draw at the FQI phase's batch sizes (tests).
+    """
+    races = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return torch.div(probs, races, out=races).argmax(-1, keepdim=True)
+
+
 def scaled_entropy_coeff(entropy_coeff: float, num_actions: int, scale: bool) -> float:
     """tau / ln|A| as in the official code (no-op when ``scale`` is False)."""
     if scale and num_actions > 1:

@@ -1,10 +1,14 @@
-"""The FQI fast path (flat fused Adam, per-row targets): bit-identical to the general path."""
+"""The FQI fast path (flat fused Adam, per-row targets, gradients without autograd for
+MLPs): bit-identical to the general path."""
 
 import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
+from rllib_staq import pmd
+from rllib_staq.torch.mlp_fqi_step import MlpFqiStep
 from rllib_staq.torch.staq_torch_learner import (
+    FQI_TARGETS,
     NEXT_STACK_SUM,
     FlatAdam,
     StaQTorchLearner,
@@ -69,35 +73,152 @@ def test_flat_adam_nan_gradients_zeroed_or_step_skipped(skip_nan_gradients):
 
 
 class GeneralPathLearner(StaQTorchLearner):
-    """The learner with RLlib's general gradient path (no FlatAdam)."""
+    """The learner with RLlib's general gradient path (no FlatAdam, so autograd)."""
 
     def _flat_adam(self, module_id):
         return None
 
 
-def _trained_state(learner_class, expected_next_value):
-    config = tiny_config(expected_next_value=expected_next_value, target_network_update_freq=3)
-    algo = config.training(learner_class=learner_class).debugging(seed=5).build_algo()
+class AutogradFlatAdamLearner(StaQTorchLearner):
+    """The learner with FlatAdam and autograd (no MlpFqiStep)."""
+
+    def _mlp_fqi_step(self, module_id, flat_adam):
+        return None
+
+
+class OwnLossLearner(StaQTorchLearner):
+    """A user's learner with its own loss: its gradients must come from autograd."""
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        return 2.0 * super().compute_loss_for_module(
+            module_id=module_id, config=config, batch=batch, fwd_out=fwd_out
+        )
+
+
+# A second network and batch shape: Acrobot (6 inputs, 3 actions), three hidden
+# layers of unequal width, three members, a batch that is not a power of two.
+OTHER_SHAPES = dict(
+    env="Acrobot-v1",
+    model_config={"fcnet_hiddens": [16, 8, 12]},
+    training=dict(num_q_networks=3, train_batch_size_per_learner=24, ensemble_target="min"),
+)
+
+
+def _config(learner_class, expected_next_value, shapes=None):
+    shapes = shapes or {}
+    config = tiny_config(
+        expected_next_value=expected_next_value,
+        target_network_update_freq=3,
+        **shapes.get("training", {}),
+    )
+    if "env" in shapes:
+        config.environment(shapes["env"]).rl_module(model_config=shapes["model_config"])
+    return config.training(learner_class=learner_class).debugging(seed=5)
+
+
+def _trained_state(learner_class, expected_next_value, shapes=None):
+    algo = _config(learner_class, expected_next_value, shapes).build_algo()
     try:
         results = [algo.train() for _ in range(2)]
         learner = algo.learner_group._learner
+        uses_mlp_step = learner._mlp_fqi_step(MODULE_ID, learner._flat_adam(MODULE_ID)) is not None
         state = learner.module[MODULE_ID].unwrapped().state_dict()
         optimizer_state = learner.get_optimizer(MODULE_ID).state_dict()["state"]
-        return state, optimizer_state, results[-1]["learners"][MODULE_ID]["td_loss"]
+        td_loss = results[-1]["learners"][MODULE_ID]["td_loss"]
+        return state, optimizer_state, td_loss, uses_mlp_step
     finally:
         algo.stop()
 
 
-@pytest.mark.parametrize("expected_next_value", [False, True])
-def test_fast_path_trains_bit_identically_to_the_general_path(ray_session, expected_next_value):
-    fast = _trained_state(StaQTorchLearner, expected_next_value)
-    general = _trained_state(GeneralPathLearner, expected_next_value)
+@pytest.mark.parametrize(
+    "expected_next_value, shapes", [(False, None), (True, None), (False, OTHER_SHAPES)]
+)
+def test_fast_path_trains_bit_identically_to_the_general_path(
+    ray_session, expected_next_value, shapes
+):
+    fast = _trained_state(StaQTorchLearner, expected_next_value, shapes)
+    general = _trained_state(GeneralPathLearner, expected_next_value, shapes)
+    assert fast[3] and not general[3]  # gradients without autograd, and with it
     for key in fast[0]:
         assert torch.equal(fast[0][key], general[0][key]), key
     for index in general[1]:
         for key, value in general[1][index].items():
             assert torch.equal(fast[1][index][key], value), (index, key)
     assert fast[2] == general[2]
+
+
+def test_mlp_step_gradients_equal_autograds(ray_session):
+    """One minibatch: MlpFqiStep's Q-values, target Q-values and gradients are autograd's."""
+    algo = _config(AutogradFlatAdamLearner, False, OTHER_SHAPES).build_algo()
+    try:
+        learner = algo.learner_group._learner
+        module = learner.module[MODULE_ID].unwrapped()
+        with torch.no_grad():
+            for param in module.parameters():
+                param.normal_(0.0, 0.3)  # the heads start at zero; make every term count
+        flat_adam = learner._flat_adam(MODULE_ID)
+        step = MlpFqiStep(module, 24)
+        batch = {
+            Columns.OBS: torch.randn(24, 6),
+            Columns.ACTIONS: torch.randint(3, (24,)),
+            FQI_TARGETS: torch.randn(24),
+        }
+        flat_adam.flat_grad.zero_()
+        fwd_out = module._forward_train(batch)
+        learner.compute_loss_for_module(
+            module_id=MODULE_ID, config=None, batch=batch, fwd_out=fwd_out
+        ).backward()
+        autograd_grads = [param.grad.clone() for param in flat_adam.params]
+        flat_adam.flat_grad.fill_(float("nan"))  # every gradient entry must be written
+        q_values = step.forward_train(batch[Columns.OBS])
+        step.write_gradients(batch[Columns.ACTIONS], batch[FQI_TARGETS])
+        assert torch.equal(q_values, fwd_out["qf_preds"].detach())
+        for param, expected in zip(flat_adam.params, autograd_grads):
+            assert expected.abs().sum() > 0
+            assert torch.equal(param.grad, expected), tuple(param.shape)
+        target = step.forward_target({Columns.OBS: batch[Columns.OBS]})
+        expected_target = module.forward_target({Columns.OBS: batch[Columns.OBS]})
+        assert torch.equal(target["qf_target_next_preds"], expected_target["qf_target_next_preds"])
+        flat_adam.end_phase()
+    finally:
+        algo.stop()
+
+
+@pytest.mark.parametrize(
+    "learner_class, settings, model_config",
+    [
+        (OwnLossLearner, {}, {}),
+        (StaQTorchLearner, {"fqi_matmul_dtype": "bfloat16"}, {}),
+        (StaQTorchLearner, {}, {"fcnet_activation": "tanh"}),
+        (GeneralPathLearner, {}, {}),
+    ],
+    ids=["own-loss", "bf16", "tanh", "no-flat-adam"],
+)
+def test_autograd_where_mlp_step_would_not_be_exact(
+    ray_session, learner_class, settings, model_config
+):
+    config = tiny_config(**settings).training(learner_class=learner_class)
+    config.rl_module(model_config={"fcnet_hiddens": [16, 16], **model_config})
+    algo = config.build_algo()
+    try:
+        learner = algo.learner_group._learner
+        assert learner._mlp_fqi_step(MODULE_ID, learner._flat_adam(MODULE_ID)) is None
+        algo.train()  # and the phase runs
+    finally:
+        algo.stop()
+
+
+def test_sample_categorical_is_torch_multinomials_draw_and_has_its_distribution():
+    probs = torch.softmax(3 * torch.randn(64, 5), -1)
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(20):
+        expected = torch.multinomial(probs, 1, generator=a)
+        assert torch.equal(pmd.sample_categorical(probs, b), expected)
+    rows = torch.tensor([[0.2, 0.5, 0.3, 0.0]]).expand(200_000, 4)
+    draws = pmd.sample_categorical(rows, torch.Generator().manual_seed(0)).squeeze(-1)
+    frequencies = torch.bincount(draws, minlength=4) / 200_000
+    assert torch.allclose(frequencies, rows[0], atol=0.005)
+    assert frequencies[3] == 0
 
 
 def test_phase_rows_give_the_per_minibatch_target(ray_session):

@@ -73,6 +73,7 @@ from rllib_staq.torch.default_staq_torch_rl_module import (
     QF_TARGET_NEXT_PREDS,
     to_network_input,
 )
+from rllib_staq.torch.mlp_fqi_step import MlpFqiStep
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         td_losses, mean_qs, max_abs_qs = [], [], []
         # A host-side counter: reading the buffer each step would sync a GPU.
         grad_steps_before = int(module.num_grad_steps)
-        forward_train, forward_target = self._fqi_forwards(module_id)
+        forward_target, optimizer_step = self._fqi_step_functions(module_id, flat_adam)
         for step in range(config.grad_steps_per_iteration):
             indices = table.sample_indices(config.train_batch_size_per_learner, self._generator)
             minibatch = {
@@ -404,18 +405,10 @@ class StaQTorchLearner(StaQTorchLearnerBase):
             minibatch[FQI_TARGETS] = self._fqi_target_from_rows(
                 module_id, module, minibatch[Columns.NEXT_OBS], rows[indices], forward_target
             )
-            fwd_out = forward_train(minibatch)
-            loss = self.compute_loss_for_module(
-                module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
-            )
-            if flat_adam is not None:
-                flat_adam.step(loss, self.config.torch_skip_nan_gradients)
-            else:
-                gradients = self.compute_gradients({module_id: loss})
-                self._apply_fqi_gradients(self.postprocess_gradients(gradients))
+            loss, q_values = optimizer_step(minibatch)
             td_losses.append(loss.detach())
-            mean_qs.append(fwd_out[QF_PREDS].detach().mean())
-            max_abs_qs.append(fwd_out[QF_PREDS].detach().abs().max())
+            mean_qs.append(q_values.detach().mean())
+            max_abs_qs.append(q_values.detach().abs().max())
             if (grad_steps_before + step + 1) % config.target_network_update_freq == 0:
                 for main_net, target_net in module.get_target_network_pairs():
                     update_target_network(main_net=main_net, target_net=target_net, tau=config.tau)
@@ -509,6 +502,61 @@ class StaQTorchLearner(StaQTorchLearnerBase):
             self._flat_adams[module_id] = flat
         flat.begin_phase()
         return flat
+
+    def _fqi_step_functions(self, module_id: ModuleID, flat_adam: "FlatAdam | None"):
+        """(target forward, optimizer step) of this phase's FQI steps.
+
+        ``optimizer_step(minibatch)`` takes one Adam step on the minibatch's
+        loss and returns ``(loss, Q-values [E, B, A])``. Where
+        :class:`MlpFqiStep` applies (plain ReLU MLPs, float32, the fast optimizer
+        path, this class's loss), it computes the gradients without autograd,
+        bit-identically; otherwise autograd does, through :class:`FlatAdam` or
+        RLlib's general path.
+        """
+        config = self._module_config(module_id)
+        skip_nan_gradients = self.config.torch_skip_nan_gradients
+        mlp_step = self._mlp_fqi_step(module_id, flat_adam)
+        if mlp_step is not None:
+
+            def mlp_optimizer_step(minibatch):
+                q_values = mlp_step.forward_train(minibatch[Columns.OBS])
+                fwd_out = {QF_PREDS: q_values}
+                loss = self.compute_loss_for_module(
+                    module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
+                )
+                mlp_step.write_gradients(minibatch[Columns.ACTIONS], minibatch[FQI_TARGETS])
+                flat_adam.apply_gradients(skip_nan_gradients)
+                return loss, q_values
+
+            return mlp_step.forward_target, mlp_optimizer_step
+        forward_train, forward_target = self._fqi_forwards(module_id)
+
+        def autograd_optimizer_step(minibatch):
+            fwd_out = forward_train(minibatch)
+            loss = self.compute_loss_for_module(
+                module_id=module_id, config=config, batch=minibatch, fwd_out=fwd_out
+            )
+            if flat_adam is not None:
+                flat_adam.step(loss, skip_nan_gradients)
+            else:
+                gradients = self.compute_gradients({module_id: loss})
+                self._apply_fqi_gradients(self.postprocess_gradients(gradients))
+            return loss, fwd_out[QF_PREDS]
+
+        return forward_target, autograd_optimizer_step
+
+    def _mlp_fqi_step(self, module_id: ModuleID, flat_adam) -> "MlpFqiStep | None":
+        """An :class:`MlpFqiStep` for the module, or None where autograd is needed."""
+        module = self._unwrapped(module_id)
+        config = self._module_config(module_id)
+        if (
+            flat_adam is None
+            or config.fqi_matmul_dtype != "float32"
+            or type(self).compute_loss_for_module is not StaQTorchLearner.compute_loss_for_module
+            or not MlpFqiStep.supports(module)
+        ):
+            return None
+        return MlpFqiStep(module, config.train_batch_size_per_learner)
 
     def _fqi_forwards(self, module_id: ModuleID):
         """The FQI phase's (training forward, target forward), by ``fqi_matmul_dtype``.
@@ -628,7 +676,7 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         if config.expected_next_value:
             next_q = (next_probs * target_q).sum(-1)
         else:
-            next_actions = torch.multinomial(next_probs, 1, generator=self._generator)
+            next_actions = pmd.sample_categorical(next_probs, self._generator)
             next_q = target_q.gather(-1, next_actions).squeeze(-1)
         soft_value = next_q + entropy_bonus
         return scaled_rewards + discounts * soft_value
@@ -893,6 +941,10 @@ class FlatAdam:
         """Backward and one Adam step; nan/inf gradients handled as in RLlib's path."""
         self.flat_grad.zero_()
         loss.backward()
+        self.apply_gradients(skip_nan_gradients)
+
+    def apply_gradients(self, skip_nan_gradients: bool) -> None:
+        """One Adam step with the gradients already in the flat tensor."""
         with torch.no_grad():
             # One pass: a nan/inf entry makes the sum nan/inf (``isfinite`` over
             # the tensor takes four passes here, ~10% of a CPU step).
