@@ -45,8 +45,9 @@ noisy machine. Parts:
   against torch's default Adam (RLlib's default optimizer), alternating (both
   with autograd).
 * ``fqi-step``: FQI time per gradient step with the package's gradients
-  without autograd (``MlpFqiStep``) against autograd, alternating (both with
-  the fused Adam; the two train bit-identically).
+  without autograd (``MlpFqiStep``) against autograd, alternating, for each of
+  ``--fqi-matmul-dtypes`` (both with the fused Adam; the two train
+  bit-identically).
 * ``contention``: FQI phase and iteration time for each torch thread setting,
   on a quiet machine and beside ``--background-procs`` CPU-bound processes that
   the script starts and stops itself; each setting runs in a fresh process
@@ -600,9 +601,10 @@ class AutogradStaQLearner(StaQTorchLearner):
         return None
 
 
-def alternate_learners(args, title: str, variants: Dict[str, type], baseline: str) -> None:
-    """FQI ms per gradient step of each learner class, one 1000-step iteration per
-    round, the classes alternating (batch 256, E=2, 2x256 MLP, a pre-filled replay)."""
+def alternate_learners(args, title: str, variants: Dict[str, tuple], baseline: str) -> None:
+    """FQI ms per gradient step of each (learner class, training settings), one
+    1000-step iteration per round, alternating (batch 256, E=2, 2x256 MLP, a
+    pre-filled replay); ratios to ``baseline``."""
     grad_steps = 1000
     print(
         f"\n## FQI ms per gradient step (batch 256, E=2, 2x256 MLP, replay {args.replay_fill}, "
@@ -610,9 +612,9 @@ def alternate_learners(args, title: str, variants: Dict[str, type], baseline: st
         f"{grad_steps}-step iteration each, alternating"
     )
     algos = {}
-    for name, learner_class in variants.items():
+    for name, (learner_class, settings) in variants.items():
         config = staq_config(args, 1, grad_steps, grad_steps, 1)
-        algos[name] = config.training(learner_class=learner_class).build_algo()
+        algos[name] = config.training(learner_class=learner_class, **settings).build_algo()
     try:
         for algo in algos.values():
             prefill(algo, args.replay_fill, 1)
@@ -636,17 +638,22 @@ def alternate_learners(args, title: str, variants: Dict[str, type], baseline: st
 
 
 def run_optimizer(args) -> None:
-    variants = {"fused Adam (package)": AutogradStaQLearner, "default Adam": DefaultAdamStaQLearner}
+    variants = {
+        "fused Adam (package)": (AutogradStaQLearner, {}),
+        "default Adam": (DefaultAdamStaQLearner, {}),
+    }
     title = "fused Adam vs torch's default Adam (both with autograd)"
     alternate_learners(args, title, variants, "default Adam")
 
 
 def run_fqi_step(args) -> None:
-    variants = {
-        "gradients without autograd (package, MlpFqiStep)": StaQTorchLearner,
-        "autograd": AutogradStaQLearner,
-    }
-    alternate_learners(args, "MlpFqiStep vs autograd", variants, "autograd")
+    variants = {}
+    for dtype in args.fqi_matmul_dtypes:
+        settings = {"fqi_matmul_dtype": dtype}
+        variants[f"MlpFqiStep (package), {dtype}"] = (StaQTorchLearner, settings)
+        variants[f"autograd, {dtype}"] = (AutogradStaQLearner, settings)
+    title = "gradients without autograd (MlpFqiStep) vs autograd, by fqi_matmul_dtype"
+    alternate_learners(args, title, variants, "autograd, float32")
 
 
 # label -> (intra_op_threads, extra environment variables)
@@ -942,6 +949,12 @@ def main() -> None:
     )
     parser.add_argument("--contention-threads", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds in `sb3`")
+    parser.add_argument(
+        "--fqi-matmul-dtypes",
+        type=lambda text: text.split(","),
+        default=["float32", "bfloat16"],
+        help="fqi_matmul_dtype values compared by `fqi-step`",
+    )
     parser.add_argument("--sb3-envs", default="1", help="env counts for `sb3` (e.g. 1,16)")
     parser.add_argument(
         "--sb3-staq-variants",

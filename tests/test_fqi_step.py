@@ -130,8 +130,18 @@ def _trained_state(learner_class, expected_next_value, shapes=None):
         algo.stop()
 
 
+# fqi_matmul_dtype="bfloat16": the layers after the first multiply in bf16, one after
+# another (autograd: under autocast).
+BF16_SHAPES = {
+    **OTHER_SHAPES,
+    "training": {**OTHER_SHAPES["training"], "fqi_matmul_dtype": "bfloat16"},
+}
+
+
 @pytest.mark.parametrize(
-    "expected_next_value, shapes", [(False, None), (True, None), (False, OTHER_SHAPES)]
+    "expected_next_value, shapes",
+    [(False, None), (True, None), (False, OTHER_SHAPES), (False, BF16_SHAPES)],
+    ids=["sampled", "expected", "other-shapes", "bf16"],
 )
 def test_fast_path_trains_bit_identically_to_the_general_path(
     ray_session, expected_next_value, shapes
@@ -147,9 +157,11 @@ def test_fast_path_trains_bit_identically_to_the_general_path(
     assert fast[2] == general[2]
 
 
-def test_mlp_step_gradients_equal_autograds(ray_session):
-    """One minibatch: MlpFqiStep's Q-values, target Q-values and gradients are autograd's."""
-    algo = _config(AutogradFlatAdamLearner, False, OTHER_SHAPES).build_algo()
+@pytest.mark.parametrize("shapes", [OTHER_SHAPES, BF16_SHAPES], ids=["float32", "bf16"])
+def test_mlp_step_gradients_equal_autograds(ray_session, shapes):
+    """One minibatch: MlpFqiStep's Q-values, target Q-values and gradients are autograd's
+    (through the learner's own forward passes: ``mixed_precision_q`` for bf16)."""
+    algo = _config(AutogradFlatAdamLearner, False, shapes).build_algo()
     try:
         learner = algo.learner_group._learner
         module = learner.module[MODULE_ID].unwrapped()
@@ -157,14 +169,16 @@ def test_mlp_step_gradients_equal_autograds(ray_session):
             for param in module.parameters():
                 param.normal_(0.0, 0.3)  # the heads start at zero; make every term count
         flat_adam = learner._flat_adam(MODULE_ID)
-        step = MlpFqiStep(module, 24)
+        matmul_dtype = getattr(torch, shapes["training"].get("fqi_matmul_dtype", "float32"))
+        step = MlpFqiStep(module, 24, matmul_dtype)
         batch = {
             Columns.OBS: torch.randn(24, 6),
             Columns.ACTIONS: torch.randint(3, (24,)),
             FQI_TARGETS: torch.randn(24),
         }
+        forward_train, forward_target = learner._fqi_forwards(MODULE_ID)
         flat_adam.flat_grad.zero_()
-        fwd_out = module._forward_train(batch)
+        fwd_out = forward_train(batch)
         learner.compute_loss_for_module(
             module_id=MODULE_ID, config=None, batch=batch, fwd_out=fwd_out
         ).backward()
@@ -177,7 +191,7 @@ def test_mlp_step_gradients_equal_autograds(ray_session):
             assert expected.abs().sum() > 0
             assert torch.equal(param.grad, expected), tuple(param.shape)
         target = step.forward_target({Columns.OBS: batch[Columns.OBS]})
-        expected_target = module.forward_target({Columns.OBS: batch[Columns.OBS]})
+        expected_target = forward_target({Columns.OBS: batch[Columns.OBS]})
         assert torch.equal(target["qf_target_next_preds"], expected_target["qf_target_next_preds"])
         flat_adam.end_phase()
     finally:
@@ -188,11 +202,10 @@ def test_mlp_step_gradients_equal_autograds(ray_session):
     "learner_class, settings, model_config",
     [
         (OwnLossLearner, {}, {}),
-        (StaQTorchLearner, {"fqi_matmul_dtype": "bfloat16"}, {}),
         (StaQTorchLearner, {}, {"fcnet_activation": "tanh"}),
         (GeneralPathLearner, {}, {}),
     ],
-    ids=["own-loss", "bf16", "tanh", "no-flat-adam"],
+    ids=["own-loss", "tanh", "no-flat-adam"],
 )
 def test_autograd_where_mlp_step_would_not_be_exact(
     ray_session, learner_class, settings, model_config

@@ -508,8 +508,8 @@ class StaQTorchLearner(StaQTorchLearnerBase):
 
         ``optimizer_step(minibatch)`` takes one Adam step on the minibatch's
         loss and returns ``(loss, Q-values [E, B, A])``. Where
-        :class:`MlpFqiStep` applies (plain ReLU MLPs, float32, the fast optimizer
-        path, this class's loss), it computes the gradients without autograd,
+        :class:`MlpFqiStep` applies (plain ReLU MLPs, the fast optimizer path,
+        this class's loss), it computes the gradients without autograd,
         bit-identically; otherwise autograd does, through :class:`FlatAdam` or
         RLlib's general path.
         """
@@ -551,12 +551,12 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         config = self._module_config(module_id)
         if (
             flat_adam is None
-            or config.fqi_matmul_dtype != "float32"
             or type(self).compute_loss_for_module is not StaQTorchLearner.compute_loss_for_module
             or not MlpFqiStep.supports(module)
         ):
             return None
-        return MlpFqiStep(module, config.train_batch_size_per_learner)
+        matmul_dtype = getattr(torch, config.fqi_matmul_dtype)
+        return MlpFqiStep(module, config.train_batch_size_per_learner, matmul_dtype)
 
     def _fqi_forwards(self, module_id: ModuleID):
         """The FQI phase's (training forward, target forward), by ``fqi_matmul_dtype``.
