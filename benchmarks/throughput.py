@@ -654,6 +654,45 @@ def run_fqi_step(args) -> None:
         variants[f"autograd, {dtype}"] = (AutogradStaQLearner, settings)
     title = "gradients without autograd (MlpFqiStep) vs autograd, by fqi_matmul_dtype"
     alternate_learners(args, title, variants, "autograd, float32")
+    print("\nThe matrix products of one such step alone (the floor for any step):")
+    for dtype in args.fqi_matmul_dtypes:
+        products = fqi_step_products(num_members=2, dtype=getattr(torch, dtype))
+        print(f"- {dtype}: {1000 * seconds_per_call(products, min_time=2.0):.3f} ms")
+
+
+def fqi_step_products(num_members: int, dtype, batch=256, inputs=4, hidden=256, actions=2):
+    """The matrix products of one FQI step of a 2-hidden-layer MLP ensemble, on random
+    tensors: per member the target and training forwards (``addmm``) and the backward's
+    weight and input gradients, the hidden-to-hidden ones in ``dtype`` (as
+    ``fqi_matmul_dtype``)."""
+
+    def rand(*shape, cast=torch.float32):
+        return torch.randn(*shape).to(cast)
+
+    obs, w1, b1 = rand(batch, inputs), rand(hidden, inputs), rand(hidden)
+    h1, w2, b2 = (
+        rand(batch, hidden, cast=dtype),
+        rand(hidden, hidden, cast=dtype),
+        rand(hidden, cast=dtype),
+    )
+    h2, w3, b3 = rand(batch, hidden), rand(actions, hidden), rand(actions)
+    q_grad, h2_grad, h1_grad = (
+        rand(batch, actions),
+        rand(batch, hidden, cast=dtype),
+        rand(batch, hidden),
+    )
+
+    def products():
+        for _ in range(num_members):
+            for _ in range(2):  # the target and the training forward
+                torch.addmm(b1, obs, w1.t())
+                torch.addmm(b2, h1, w2.t())
+                torch.addmm(b3, h2, w3.t())
+            torch.mm(q_grad.t(), h2), torch.mm(q_grad, w3)  # head: weight, input gradients
+            torch.mm(h2_grad.t(), h1), torch.mm(h2_grad, w2)  # hidden-to-hidden layer
+            torch.mm(h1_grad.t(), obs)  # first layer: weight gradient only
+
+    return products
 
 
 # label -> (intra_op_threads, extra environment variables)

@@ -150,6 +150,39 @@ def setting_error(name: str, value: Any, where: str = "") -> Optional[str]:
     return f"StaQ: `{name}`{where} must be {allowed}, got {value!r}."
 
 
+def tune_search_space_values(value: Any) -> Optional[list]:
+    """The values a Tune search space set on a setting can take, or None for a plain value.
+
+    ``tune.grid_search([...])`` and categorical domains (``tune.choice``) give
+    their values; other domains (``tune.uniform``, ...) give [] here: Tune
+    samples them in each trial, where ``validate()`` checks the sampled value
+    before anything runs.
+    """
+    if isinstance(value, dict) and set(value) == {"grid_search"}:
+        return list(value["grid_search"])
+    from ray.tune.search.sample import Categorical, Domain
+
+    if isinstance(value, Categorical):
+        return list(value.categories)
+    if isinstance(value, Domain):
+        return []
+    return None
+
+
+def search_space_errors(name: str, value: Any) -> Iterable[str]:
+    """:func:`setting_error` for a value or for each value of a Tune search space."""
+    candidates = tune_search_space_values(value)
+    if candidates is None:
+        message = setting_error(name, value)
+        if message is not None:
+            yield message
+        return
+    for candidate in candidates:
+        message = setting_error(name, candidate, where=" (a value of its Tune search space)")
+        if message is not None:
+            yield message
+
+
 def replay_buffer_config_errors(replay_buffer_config: Dict[str, Any]) -> Iterable[str]:
     """Messages for a ``replay_buffer_config`` StaQ cannot honour (empty if fine)."""
     buffer_type = replay_buffer_config.get("type")

@@ -55,6 +55,7 @@ from rllib_staq.settings import (
     SETTING_CHECKS,
     replay_buffer_config_errors,
     restore_dropped_settings,
+    search_space_errors,
     setting_error,
 )
 from rllib_staq.staq_learner import ITERATION_TIMER, REPLAY_METRICS
@@ -275,9 +276,12 @@ class StaQConfig(AlgorithmConfig):
             self.replay_buffer_config = {**self.replay_buffer_config, **replay_buffer_config}
             for message in replay_buffer_config_errors(self.replay_buffer_config):
                 self._value_error(message)
-        # Refused where set, before anything else reads them.
+        # Refused where set, before anything else reads them. A Tune search space
+        # (the config as a Tuner's param_space) is checked value by value; each
+        # trial's validate() checks the value it resolves to.
         for name in set(SETTING_CHECKS) & (set(settings) | set(kwargs)):
-            self._check_setting(name, getattr(self, name))
+            for message in search_space_errors(name, getattr(self, name)):
+                self._value_error(message)
         return self
 
     def _check_setting(self, name: str, value: Any) -> None:

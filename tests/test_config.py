@@ -31,6 +31,23 @@ def test_invalid_settings_raise(settings, match):
         tiny_config(**settings).validate()
 
 
+def test_tune_search_spaces_are_checked_value_by_value():
+    from ray import tune
+
+    config = StaQConfig().training(
+        stack_size=tune.grid_search([1, 50]),
+        kl_coeff=tune.uniform(1.0, 20.0),  # sampled per trial, checked there by validate()
+        ensemble_target=tune.choice(["mean", "min"]),
+    )
+    assert config.stack_size == {"grid_search": [1, 50]}
+    with pytest.raises(ValueError, match=r"`stack_size` \(a value of its Tune search space\)"):
+        StaQConfig().training(stack_size=tune.grid_search([1, 0]))
+    with pytest.raises(ValueError, match="got 'max'"):
+        StaQConfig().training(ensemble_target=tune.choice(["mean", "max"]))
+    with pytest.raises(ValueError, match="stack_size"):  # unresolved, it is no value
+        tiny_config(stack_size=tune.grid_search([1, 2])).validate()
+
+
 def test_error_lists_allowed_values():
     with pytest.raises(ValueError, match=r"one of \('mean', 'min'\)"):
         tiny_config(ensemble_target="max").validate()

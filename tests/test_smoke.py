@@ -52,6 +52,23 @@ def test_tune_by_registered_name(ray_session, tmp_path):
     assert results[0].metrics["training_iteration"] == 1
 
 
+def test_tune_search_spaces_over_staq_settings(ray_session, tmp_path):
+    """A grid over a StaQ setting (as over RLlib's lr) reaches each trial's module."""
+    import rllib_staq  # noqa: F401  (registers "StaQ")
+
+    tuner = tune.Tuner(
+        "StaQ",
+        param_space=tiny_config(stack_size=tune.grid_search([1, 2]), kl_coeff=tune.choice([5.0])),
+        run_config=tune.RunConfig(
+            stop={"training_iteration": 2}, verbose=0, storage_path=str(tmp_path)
+        ),
+    )
+    results = tuner.fit()
+    assert not results.errors
+    fills = sorted(r.metrics["learners"]["default_policy"]["stack_fill"] for r in results)
+    assert fills == [1, 2]  # M=1 keeps one of its two pushes, M=2 both
+
+
 @pytest.mark.slow
 def test_two_learners_keep_identical_stacks(ray_session):
     import numpy as np
