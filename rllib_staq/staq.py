@@ -136,7 +136,7 @@ class StaQConfig(AlgorithmConfig):
         # bytes read per env step (README, Performance: "Acting stack dtype").
         self.stack_dtype = "float32"
         # Experimental: the FQI passes' hidden-to-hidden layers under bf16
-        # autocast (README, Performance: "Against Stable-Baselines3's DQN").
+        # autocast (README, Performance: "The FQI step, and Stable-Baselines3's DQN").
         self.fqi_matmul_dtype = "float32"
         # __sphinx_doc_end__
         # fmt: on
