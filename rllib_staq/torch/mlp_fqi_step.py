@@ -14,8 +14,9 @@ autograd runs under autocast (``mixed_precision_q``), bit-identically too.
 
 Used only where that holds: the package's own ``QNetwork`` without
 convolutions, with ReLU, in the package's own module and learner code (a
-subclass that changes the forward pass or the loss keeps autograd), and a
-:class:`FlatAdam` that owns the gradient tensors.
+subclass that changes the forward pass or the loss keeps autograd), a
+:class:`FlatAdam` that owns the gradient tensors, and a CPU learner (the
+learner decides, ``StaQTorchLearner._mlp_fqi_step``).
 """
 
 from __future__ import annotations

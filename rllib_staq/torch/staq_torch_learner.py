@@ -546,11 +546,16 @@ class StaQTorchLearner(StaQTorchLearnerBase):
         return forward_target, autograd_optimizer_step
 
     def _mlp_fqi_step(self, module_id: ModuleID, flat_adam) -> "MlpFqiStep | None":
-        """An :class:`MlpFqiStep` for the module, or None where autograd is needed."""
+        """An :class:`MlpFqiStep` for the module, or None where autograd is needed.
+
+        CPU only: it is measured and tested (bit-identical) on CPUs; on a GPU the
+        learner keeps autograd until it is measured and tested there.
+        """
         module = self._unwrapped(module_id)
         config = self._module_config(module_id)
         if (
             flat_adam is None
+            or self.device.type != "cpu"
             or type(self).compute_loss_for_module is not StaQTorchLearner.compute_loss_for_module
             or not MlpFqiStep.supports(module)
         ):
