@@ -688,8 +688,10 @@ def fqi_step_products(num_members: int, dtype, batch=256, inputs=4, hidden=256, 
                 torch.addmm(b1, obs, w1.t())
                 torch.addmm(b2, h1, w2.t())
                 torch.addmm(b3, h2, w3.t())
-            torch.mm(q_grad.t(), h2), torch.mm(q_grad, w3)  # head: weight, input gradients
-            torch.mm(h2_grad.t(), h1), torch.mm(h2_grad, w2)  # hidden-to-hidden layer
+            torch.mm(q_grad.t(), h2)  # head: weight gradient
+            torch.mm(q_grad, w3)  # head: input gradient
+            torch.mm(h2_grad.t(), h1)  # hidden-to-hidden layer: weight gradient
+            torch.mm(h2_grad, w2)  # hidden-to-hidden layer: input gradient
             torch.mm(h1_grad.t(), obs)  # first layer: weight gradient only
 
     return products
