@@ -309,8 +309,9 @@ class DefaultStaQTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI
         probs = pmd.epsilon_softmax_probs(logits, self.current_epsilon(t))
         # Sampled here, as DQN's module does: RLlib's GetActions connector would
         # build a Categorical distribution per env step for the same draw (13%
-        # of the EnvRunner's time per env step at M=1, one env).
-        actions = torch.multinomial(probs, 1, replacement=True).squeeze(-1)
+        # of the EnvRunner's time per env step at M=1, one env). The draw is
+        # torch.multinomial's, without its input checks (8 instead of 20 µs).
+        actions = pmd.sample_categorical(probs).squeeze(-1)
         log_probs = probs.log()
         return {
             Columns.ACTIONS: actions,
