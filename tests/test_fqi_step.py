@@ -6,6 +6,7 @@ import torch
 from ray.rllib.core.columns import Columns
 
 from rllib_staq import pmd
+from rllib_staq.torch.default_staq_torch_rl_module import QF_PREDS, QF_TARGET_NEXT_PREDS
 from rllib_staq.torch.mlp_fqi_step import MlpFqiStep
 from rllib_staq.torch.staq_torch_learner import (
     FQI_TARGETS,
@@ -186,13 +187,13 @@ def test_mlp_step_gradients_equal_autograds(ray_session, shapes):
         flat_adam.flat_grad.fill_(float("nan"))  # every gradient entry must be written
         q_values = step.forward_train(batch[Columns.OBS])
         step.write_gradients(batch[Columns.ACTIONS], batch[FQI_TARGETS])
-        assert torch.equal(q_values, fwd_out["qf_preds"].detach())
+        assert torch.equal(q_values, fwd_out[QF_PREDS].detach())
         for param, expected in zip(flat_adam.params, autograd_grads):
             assert expected.abs().sum() > 0
             assert torch.equal(param.grad, expected), tuple(param.shape)
         target = step.forward_target({Columns.OBS: batch[Columns.OBS]})
         expected_target = forward_target({Columns.OBS: batch[Columns.OBS]})
-        assert torch.equal(target["qf_target_next_preds"], expected_target["qf_target_next_preds"])
+        assert torch.equal(target[QF_TARGET_NEXT_PREDS], expected_target[QF_TARGET_NEXT_PREDS])
         flat_adam.end_phase()
     finally:
         algo.stop()
