@@ -1,8 +1,9 @@
 """Cost of the stacked forward pass against M (MLP and MinAtar CNN).
 
     python benchmarks/stack_cost.py [--device cuda] [--threads 1]
+    python benchmarks/stack_cost.py --part dense-layout --threads 1 --stack-sizes 1,30,300
 
-Prints, measured side by side in one run:
+Prints, measured side by side in one run (``--part all``, the default):
 
 1. the latency of ``DefaultStaQTorchRLModule.stack_logits`` for M in
    {1, 10, 50, 100, 300} (two ensemble members each, as the defaults) at batch
@@ -24,6 +25,12 @@ Prints, measured side by side in one run:
      the PMD weight folded into each head, accumulated in place;
    * ``package``: ``pmd.stacked_forward``, which takes ``batched`` on GPUs and
      for small CPU batches, ``member_loop`` for large CPU batches.
+
+``--part dense-layout`` times the two layouts of ``pmd.stacked_dense`` (the
+members' hidden dense layers in ``batched``) on each shape's filled stack, for
+each M and small batch: ``h_s @ W_s^T`` and its transpose ``W_s @ h_s^T``
+(``feature_major``), with their largest relative difference. The package takes
+the feature-major layout on CPU up to ``pmd.CPU_FEATURE_MAJOR_MAX_BATCH`` rows.
 """
 
 import argparse
@@ -174,8 +181,38 @@ def compare_forms(module, space, batches, device):
         print(f"batch {b}: time relative to the package's choice: {ratios}")
 
 
+def compare_dense_layouts(space, actions, stack_sizes, batches, device):
+    """ms per call of each hidden dense layer of the stack in both layouts."""
+    print(f"{'M':>5} {'layer':>12} {'batch':>5} {'h @ W^T':>10} {'W @ h^T':>10} {'ratio':>7} rel.dev")
+    for m in stack_sizes:
+        module = filled_module(space, actions, m, device)
+        convs, denses, _ = module._stacked_layers(slice(0, m * module.num_q_networks))
+        # The first dense layer of an MLP reads the shared input (one plain product).
+        hidden_layers = denses if convs else denses[1:]
+        for weight, bias in hidden_layers:
+            layer = f"{weight.shape[2]}->{weight.shape[1]}"
+            for b in batches:
+                hidden = torch.rand(weight.shape[0], b, weight.shape[2], device=device)
+                times, outs = {}, {}
+                for feature_major in (False, True):
+                    args = (hidden, weight, bias, feature_major)
+                    with torch.no_grad():
+                        outs[feature_major] = pmd.stacked_dense(*args)
+                        times[feature_major] = seconds_per_call(
+                            lambda: pmd.stacked_dense(*args), device=device
+                        )
+                deviation = (outs[True] - outs[False]).abs().max() / outs[False].abs().max()
+                print(
+                    f"{m:5d} {layer:>12} {b:5d} {times[False] * 1e3:10.3f} "
+                    f"{times[True] * 1e3:10.3f} {times[False] / times[True]:6.2f}x "
+                    f"{deviation.item():.0e}",
+                    flush=True,
+                )
+
+
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--part", choices=["all", "dense-layout"], default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--stack-sizes", default="1,10,50,100,300")
@@ -191,6 +228,11 @@ def main():
     stack_sizes = [int(m) for m in args.stack_sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     print(f"device={args.device} torch threads={torch.get_num_threads()} chunk={LOGITS_CHUNK}")
+    if args.part == "dense-layout":
+        for name, (space, actions) in SHAPES.items():
+            print(f"\n{name}: the members' hidden dense layers, ms per call")
+            compare_dense_layouts(space, actions, stack_sizes, [1, 2, 4, 8, 16], args.device)
+        return
     for name, (space, actions) in SHAPES.items():
         print(f"\n{name}")
         print(f"{'M':>5} " + " ".join(f"{'batch ' + str(b):>28}" for b in batches))

@@ -95,6 +95,12 @@ def slots_newest_first(num_pushes: int, stack_size: int) -> list:
 # rows for the 2x256 MLP; torch's CPU bmm is several times slower than plain
 # GEMMs at large batches).
 CPU_MEMBER_LOOP_MIN_BATCH = 48
+# Batch size up to which, on CPU, :func:`batched_stacked_forward` multiplies the
+# members' dense layers as ``W_s @ h_s^T`` (:func:`stacked_dense`): measured by
+# ``benchmarks/stack_cost.py --part dense-layout``, 2.6x faster at M=300 for one
+# row of the 2x256 MLP and 1.6x for MinAtar's 1024->128 layer, slower from 4
+# rows for the latter.
+CPU_FEATURE_MAJOR_MAX_BATCH = 2
 
 
 def stacked_forward(
@@ -148,6 +154,7 @@ def batched_stacked_forward(
     """
     batch = obs.shape[0]
     num_members = member_coeffs.shape[0]
+    feature_major = obs.device.type == "cpu" and batch <= CPU_FEATURE_MAJOR_MAX_BATCH
     hidden: Optional[Tensor] = None  # [S, B, H], contiguous (bmm copies strided input)
     if conv_layers:
         hidden = stacked_conv_features(obs, conv_layers, activation)
@@ -162,7 +169,7 @@ def batched_stacked_forward(
             )
             hidden = flat.view(batch, num_members, out_units).transpose(0, 1).contiguous()
         else:
-            hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+            hidden = stacked_dense(hidden, weight, bias, feature_major)
         hidden = activation(hidden)
     if hidden is None:
         raise ValueError("A Q-network needs at least one hidden layer.")
@@ -172,6 +179,28 @@ def batched_stacked_forward(
     flat_hidden = hidden.transpose(0, 1).reshape(batch, -1)  # [B, S*H]
     flat_head = scaled_head.transpose(0, 1).reshape(head_weight.shape[1], -1)  # [A, S*H]
     return torch.addmm(member_coeffs @ head_bias, flat_hidden, flat_head.t())
+
+
+def stacked_dense(hidden: Tensor, weight: Tensor, bias: Tensor, feature_major: bool) -> Tensor:
+    """One dense layer of every member, ``h_s @ W_s^T + b_s``: ``[S, B, in] -> [S, B, out]``.
+
+    ``feature_major`` computes the transpose, ``W_s @ h_s^T + b_s`` (``[S, out, B]``),
+    and returns it viewed as ``[S, B, out]``: the same values up to float
+    rounding. For one or two rows on CPU, torch's batched product then reads
+    each ``W_s`` row by row, as a matrix-vector product, instead of through the
+    slow path it takes for ``h_s @ W_s^T`` (``CPU_FEATURE_MAJOR_MAX_BATCH``).
+    It needs ``h_s^T`` to be the transpose of a row-major ``[B, in]`` block,
+    strides included: a ``[S, 1, in]`` tensor whose size-1 dimension has stride
+    1 (the view this function returns, for one row) counts as contiguous in
+    torch but sends the product to the slow path, so such input is copied into
+    fresh row-major strides first (``[S*B*in]`` floats, small next to ``W``).
+    """
+    if not feature_major:
+        return torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+    num_members, batch, in_units = hidden.shape
+    if hidden.stride() != (batch * in_units, in_units, 1):
+        hidden = hidden.clone(memory_format=torch.contiguous_format)
+    return torch.baddbmm(bias.unsqueeze(-1), weight, hidden.transpose(1, 2)).transpose(1, 2)
 
 
 def mixed_precision_stacked_forward(

@@ -59,12 +59,13 @@ def test_ring_order_and_eviction():
     assert pmd.slots_newest_first(2, 5) == [1, 0]
 
 
-def _random_mlp_stack(num_members, in_dim=4, hidden=8, actions=3, seed=0):
+def _random_mlp_stack(num_members, in_dim=4, hidden=8, actions=3, seed=0, num_layers=2):
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
-    dense = [
-        (rand(num_members, hidden, in_dim), rand(num_members, hidden)),
-        (rand(num_members, hidden, hidden), rand(num_members, hidden)),
+    dense = [(rand(num_members, hidden, in_dim), rand(num_members, hidden))]
+    dense += [
+        (rand(num_members, hidden, hidden), rand(num_members, hidden))
+        for _ in range(num_layers - 1)
     ]
     head = (rand(num_members, actions, hidden), rand(num_members, actions))
     return dense, head
@@ -77,21 +78,41 @@ def _member_q(obs, dense, head, member):
     return h @ head[0][member].T + head[1][member]
 
 
-# Both exact forms, and the dispatcher below and at its CPU switch batch size.
+# Both exact forms, and the dispatcher below and at its CPU switch batch sizes
+# (feature-major dense layers up to CPU_FEATURE_MAJOR_MAX_BATCH rows, one row
+# included, then batch-major; member loop from CPU_MEMBER_LOOP_MIN_BATCH).
 STACKED_FORMS = [pmd.batched_stacked_forward, pmd.member_loop_stacked_forward, pmd.stacked_forward]
-BATCHES = [5, pmd.CPU_MEMBER_LOOP_MIN_BATCH]
+BATCHES = [1, pmd.CPU_FEATURE_MAJOR_MAX_BATCH, 5, pmd.CPU_MEMBER_LOOP_MIN_BATCH]
 
 
 @pytest.mark.parametrize("form", STACKED_FORMS)
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("num_members", [1, 4, 7])
-def test_stacked_forward_equals_weighted_sum_mlp(num_members, batch, form):
-    dense, head = _random_mlp_stack(num_members)
+@pytest.mark.parametrize("num_members,num_layers", [(1, 2), (4, 2), (7, 2), (4, 3)])
+def test_stacked_forward_equals_weighted_sum_mlp(num_members, num_layers, batch, form):
+    dense, head = _random_mlp_stack(num_members, num_layers=num_layers)
     obs = torch.randn(batch, 4, dtype=torch.float64)
     coeffs = torch.rand(num_members, dtype=torch.float64)
     got = form(obs, [], dense, head[0], head[1], coeffs, torch.relu)
     expected = sum(coeffs[m] * _member_q(obs, dense, head, m) for m in range(num_members))
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stacked_dense_layouts_agree_for_any_input_strides(batch):
+    """Both layouts of one dense layer give h_s @ W_s^T + b_s, also for the
+    transposed view that the feature-major layout returns (for one row its
+    size-1 dimension has stride 1, which the layer copies away)."""
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64)
+    bias = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    row_major = torch.randn(3, batch, 4, generator=gen, dtype=torch.float64)
+    transposed_view = row_major.transpose(1, 2).contiguous().transpose(1, 2)
+    expected = row_major @ weight.transpose(1, 2) + bias.unsqueeze(1)
+    for hidden in (row_major, transposed_view):
+        for feature_major in (False, True):
+            got = pmd.stacked_dense(hidden, weight, bias, feature_major)
+            assert got.shape == (3, batch, 6)
+            torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("form", STACKED_FORMS)
