@@ -183,7 +183,9 @@ def compare_forms(module, space, batches, device):
 
 def compare_dense_layouts(space, actions, stack_sizes, batches, device):
     """ms per call of each hidden dense layer of the stack in both layouts."""
-    print(f"{'M':>5} {'layer':>12} {'batch':>5} {'h @ W^T':>10} {'W @ h^T':>10} {'ratio':>7} rel.dev")
+    header = ["M", "layer", "batch", "h @ W^T", "W @ h^T", "ratio"]
+    widths = [5, 12, 5, 10, 10, 7]
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, widths)) + " rel.dev")
     for m in stack_sizes:
         module = filled_module(space, actions, m, device)
         convs, denses, _ = module._stacked_layers(slice(0, m * module.num_q_networks))
