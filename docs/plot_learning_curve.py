@@ -7,6 +7,9 @@ StaQ beside a baseline)::
 
     python docs/plot_learning_curve.py /tmp/curves.csv docs/lunarlander_staq.png \\
         --title "StaQ, LunarLander-v3" --hline 200 --hline-label "target" --random -192
+
+With ``--mean-over-seeds`` (a CSV with ``label`` and ``seed``), each label is one line,
+the mean over its seeds, with the band between the seeds' lowest and highest return.
 """
 
 import argparse
@@ -27,20 +30,28 @@ def main() -> None:
     parser.add_argument("--hline", type=float, default=None, help="target return")
     parser.add_argument("--hline-label", default="target")
     parser.add_argument("--random", type=float, default=None, help="random-policy return")
+    parser.add_argument(
+        "--mean-over-seeds",
+        action="store_true",
+        help="one line per label: the mean over its seeds, with their min-max band",
+    )
     args = parser.parse_args()
 
-    curves = defaultdict(list)
+    curves = defaultdict(list)  # label -> [(env steps, return, seed)]
     with open(args.csv) as handle:
         for row in csv.DictReader(handle):
             value = row.get("eval_return", row.get("greedy_return", ""))
             if value == "":
                 continue  # an iteration without an evaluation
             label = row["label"] if "label" in row else f"StaQ, seed {row['seed']}"
-            curves[label].append((int(row["env_steps"]), float(value)))
+            curves[label].append((int(row["env_steps"]), float(value), row.get("seed")))
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, points in sorted(curves.items()):
-        steps, returns = zip(*sorted(points))
-        axes.plot(steps, returns, marker="o", label=label)
+        if args.mean_over_seeds:
+            plot_mean_and_band(axes, label, points)
+        else:
+            steps, returns, _ = zip(*sorted(points))
+            axes.plot(steps, returns, marker="o", label=label)
     if args.hline is not None:
         axes.axhline(args.hline, color="tab:green", linestyle="--", label=args.hline_label)
     if args.random is not None:
@@ -52,6 +63,26 @@ def main() -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(args.png, dpi=120)
+
+
+def plot_mean_and_band(axes, label: str, points) -> None:
+    """The mean return over seeds at each env step, and the band between the lowest and
+    highest seed (only steps that every seed reached)."""
+    by_step = defaultdict(dict)
+    for step, value, seed in points:
+        by_step[step][seed] = value
+    num_seeds = len({seed for _, _, seed in points})
+    steps = sorted(step for step, values in by_step.items() if len(values) == num_seeds)
+    per_step = [list(by_step[step].values()) for step in steps]
+    means = [sum(values) / len(values) for values in per_step]
+    line = axes.plot(steps, means, marker="o", label=f"{label} (mean of {num_seeds} seeds)")
+    axes.fill_between(
+        steps,
+        [min(values) for values in per_step],
+        [max(values) for values in per_step],
+        color=line[0].get_color(),
+        alpha=0.15,
+    )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,8 @@ def slots_newest_first(num_pushes: int, stack_size: int) -> list:
 CPU_MEMBER_LOOP_MIN_BATCH = 48
 # Batch size up to which, on CPU, :func:`batched_stacked_forward` multiplies the
 # members' dense layers as ``W_s @ h_s^T`` (:func:`stacked_dense`): measured by
-# ``benchmarks/stack_cost.py --part dense-layout``, 2.6x faster at M=300 for one
-# row of the 2x256 MLP and 1.6x for MinAtar's 1024->128 layer, slower from 4
+# ``benchmarks/stack_cost.py --part dense-layout``, 2.8x faster at M=300 for one
+# row of the 2x256 MLP and 1.7x for MinAtar's 1024->128 layer, slower from 4
 # rows for the latter.
 CPU_FEATURE_MAJOR_MAX_BATCH = 2
 
@@ -149,8 +149,10 @@ def batched_stacked_forward(
 
     All members share their input, so the first layer is one matrix product
     (one convolution) with S times the output units; later layers are batched
-    matrix products (grouped convolutions); the weights ``c_s`` are folded into
-    the output layer so the weighted sum over members is one last product.
+    matrix products (grouped convolutions; :func:`stacked_dense`, feature-major
+    for CPU batches of at most ``CPU_FEATURE_MAJOR_MAX_BATCH`` rows); the
+    weights ``c_s`` are folded into the output layer so the weighted sum over
+    members is one last product.
     """
     batch = obs.shape[0]
     num_members = member_coeffs.shape[0]
@@ -197,8 +199,7 @@ def stacked_dense(hidden: Tensor, weight: Tensor, bias: Tensor, feature_major: b
     """
     if not feature_major:
         return torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
-    num_members, batch, in_units = hidden.shape
-    if hidden.stride() != (batch * in_units, in_units, 1):
+    if hidden.stride(2) != 1 or hidden.stride(1) < hidden.shape[2]:  # not row-major
         hidden = hidden.clone(memory_format=torch.contiguous_format)
     return torch.baddbmm(bias.unsqueeze(-1), weight, hidden.transpose(1, 2)).transpose(1, 2)
 

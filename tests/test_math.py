@@ -106,9 +106,13 @@ def test_stacked_dense_layouts_agree_for_any_input_strides(batch):
     weight = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64)
     bias = torch.randn(3, 6, generator=gen, dtype=torch.float64)
     row_major = torch.randn(3, batch, 4, generator=gen, dtype=torch.float64)
-    transposed_view = row_major.transpose(1, 2).contiguous().transpose(1, 2)
+    # The same values laid out as a feature-major layer's output: the rows' stride is 1.
+    feature_major_view = torch.as_strided(
+        row_major.transpose(1, 2).contiguous(), (3, batch, 4), (4 * batch, 1, batch)
+    )
     expected = row_major @ weight.transpose(1, 2) + bias.unsqueeze(1)
-    for hidden in (row_major, transposed_view):
+    for hidden in (row_major, feature_major_view):
+        assert torch.equal(hidden, row_major)
         for feature_major in (False, True):
             got = pmd.stacked_dense(hidden, weight, bias, feature_major)
             assert got.shape == (3, batch, 6)
